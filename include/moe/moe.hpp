@@ -3,3 +3,23 @@
 #pragma once
 
 #include "moe/version.hpp"
+
+#include "moe/concepts.hpp"
+#include "moe/errors.hpp"
+#include "moe/random.hpp"
+#include "moe/routing.hpp"
+#include "moe/types.hpp"
+
+#include "moe/experts/activations.hpp"
+#include "moe/experts/ffn.hpp"
+#include "moe/experts/gated.hpp"
+#include "moe/experts/linear.hpp"
+
+#include "moe/gating/capacity.hpp"
+#include "moe/gating/dense_gate.hpp"
+#include "moe/gating/expert_choice_gate.hpp"
+#include "moe/gating/top_k_gate.hpp"
+
+#include "moe/layer/routing_stats.hpp"
+#include "moe/layer/shared_experts.hpp"
+#include "moe/layer/sparse_moe.hpp"

@@ -1,0 +1,67 @@
+// The layer's own threading (OpenMP, optional). Work items are independent and write disjoint
+// memory, so results do not depend on the thread count; Eigen's own GEMM threading is kept off
+// (DESIGN.md §4), because its blocking depends on the number of threads and so would its bits.
+#pragma once
+
+#include "moe/types.hpp"
+
+#include <exception>
+#include <mutex>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace moe::detail {
+
+// Threads the layer uses when asked for `requested` (0: OpenMP's default; 1 without OpenMP).
+inline int resolve_threads(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+// While alive, parallel regions started on this thread (Eigen's included) get one thread unless
+// they ask for more with num_threads(): the layer's Eigen products run single-threaded.
+class EigenSingleThreaded {
+ public:
+#ifdef _OPENMP
+  EigenSingleThreaded() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~EigenSingleThreaded() { omp_set_num_threads(saved_); }
+#endif
+  EigenSingleThreaded(const EigenSingleThreaded&) = delete;
+  EigenSingleThreaded& operator=(const EigenSingleThreaded&) = delete;
+
+ private:
+  [[maybe_unused]] int saved_ = 1;
+};
+
+// Calls body(item, thread) for item in [0, num_items) on `threads` threads (dynamic schedule).
+// An exception thrown by a body is rethrown here after every thread has stopped.
+template <class Body>
+void parallel_for(Index num_items, int threads, Body&& body) {
+  std::exception_ptr error;
+  std::mutex error_mutex;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#endif
+  for (Index item = 0; item < num_items; ++item) {
+    try {
+#ifdef _OPENMP
+      body(item, omp_get_thread_num());
+#else
+      (void)threads;
+      body(item, 0);
+#endif
+    } catch (...) {
+      const std::lock_guard lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace moe::detail

@@ -1,0 +1,45 @@
+// Shape and initialisation of an expert bank, shared by the library's expert types.
+#pragma once
+
+#include "moe/errors.hpp"
+#include "moe/types.hpp"
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace moe {
+
+struct ExpertConfig {
+  Index num_experts = 0;
+  Index d_model = 0;
+  Index d_ff = 0;            // hidden width; unused by LinearExpert
+  bool bias = false;         // biases on every projection (LinearExpert and FfnExpert only)
+  std::uint64_t seed = 0;    // weights ~ U(±1/√fan_in), drawn from Generator(seed)
+};
+
+namespace detail {
+
+inline void check_expert_config(const ExpertConfig& c, std::string_view who, bool needs_d_ff) {
+  check_config(c.num_experts >= 1, who, "num_experts = ", c.num_experts, " but must be >= 1");
+  check_config(c.d_model >= 1, who, "d_model = ", c.d_model, " but must be >= 1");
+  if (needs_d_ff) check_config(c.d_ff >= 1, who, "d_ff = ", c.d_ff, " but must be >= 1");
+}
+
+// The shape checks every Expert::forward makes before touching memory.
+template <class S>
+void check_expert_call(std::string_view who, Index e, Index num_experts, Index d_model,
+                       const ConstMatrixRef<S>& x, const MatrixRef<S>& y, Index scratch_needed,
+                       std::span<S> scratch) {
+  if (e < 0 || e >= num_experts)
+    MOE_THROW(shape_error(concat(who, ": expert = ", e, " but num_experts = ", num_experts)));
+  check_dim(who, "x.cols()", x.cols(), "d_model", d_model);
+  check_dim(who, "y.rows()", y.rows(), "x.rows()", x.rows());
+  check_dim(who, "y.cols()", y.cols(), "d_model", d_model);
+  if (static_cast<Index>(scratch.size()) < scratch_needed)
+    MOE_THROW(shape_error(concat(who, ": scratch.size() = ", scratch.size(),
+                                 " but scratch_size(n) = ", scratch_needed)));
+}
+
+}  // namespace detail
+}  // namespace moe

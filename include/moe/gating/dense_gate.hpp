@@ -1,0 +1,59 @@
+// DenseGate: the classic mixture of experts (Jacobs, Jordan, Nowlan & Hinton 1991, "Adaptive
+// mixtures of local experts"): every token goes to every expert, weighted by softmax(x·Wgᵀ + b).
+// Slot j of every token is expert j.
+#pragma once
+
+#include "moe/gating/router.hpp"
+#include "moe/kernels/softmax.hpp"
+#include "moe/routing.hpp"
+
+#include <cstdint>
+
+namespace moe {
+
+struct DenseGateConfig {
+  Index d_model = 0;
+  Index num_experts = 0;
+  bool router_bias = true;
+  std::uint64_t seed = 0;
+};
+
+template <class S>
+class DenseGate {
+ public:
+  using Scalar = S;
+
+  explicit DenseGate(const DenseGateConfig& config) : config_(config) {
+    detail::check_config(config.d_model >= 1, "DenseGate", "d_model = ", config.d_model, " but must be >= 1");
+    detail::check_config(config.num_experts >= 1, "DenseGate", "num_experts = ", config.num_experts,
+                         " but must be >= 1");
+    Generator rng(config.seed);
+    router_ = Router<S>(config.d_model, config.num_experts, config.router_bias, rng);
+  }
+
+  Index d_model() const { return config_.d_model; }
+  Index num_experts() const { return config_.num_experts; }
+  Index slots_per_token() const { return config_.num_experts; }
+  const DenseGateConfig& config() const { return config_; }
+
+  // See the Gate concept. Deterministic in both modes.
+  void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan, Mode) {
+    detail::check_dim("DenseGate::route", "x.cols()", x.cols(), "d_model", d_model());
+    const Index T = x.rows(), E = num_experts();
+    plan.reset(T, E, E);
+    router_.project(x, plan.logits, "DenseGate::route");
+    kernels::softmax_rows<S>(plan.logits, plan.scores);
+    for (Index t = 0; t < T; ++t)
+      for (Index e = 0; e < E; ++e) plan.expert(t, e) = static_cast<std::int32_t>(e);
+    plan.weight = plan.scores;
+  }
+
+  Router<S>& router() { return router_; }
+  const Router<S>& router() const { return router_; }
+
+ private:
+  DenseGateConfig config_;
+  Router<S> router_;
+};
+
+}  // namespace moe

@@ -1,0 +1,214 @@
+// TopKGate: router → scores → (selection bias, groups) → top-k → weights → capacity.
+// One configurable gate covers the routers of the literature:
+//   Mixtral        {.scoring = softmax, .normalize = true}          (= softmax over the selected logits)
+//   Qwen2-MoE      {.scoring = softmax, .normalize = norm_topk_prob}
+//   Switch top-1   {.top_k = 1, .normalize = false, .capacity = {.factor = 1.25}}  (see switch_gate())
+//   Shazeer 2017   {.scoring = softmax_selected, .noisy = true}      noisy top-k gating
+//   DeepSeek-V3    {.scoring = sigmoid, .selection_bias = true, .n_group = 8, .topk_group = 4,
+//                   .normalize = true, .scale = 2.5}
+#pragma once
+
+#include "moe/gating/capacity.hpp"
+#include "moe/gating/router.hpp"
+#include "moe/kernels/softmax.hpp"
+#include "moe/kernels/top_k.hpp"
+#include "moe/routing.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace moe {
+
+enum class Scoring {
+  softmax,           // scores = softmax(logits); weights = the selected scores
+  sigmoid,           // scores = σ(logits) (DeepSeek-V3); weights = the selected scores
+  softmax_selected,  // select by logits; weights = softmax over the k selected logits
+};
+
+// How a group of experts is ranked in group-limited routing.
+enum class GroupScore {
+  top2_sum,  // sum of the group's two best selection scores (DeepSeek-V3)
+  max,       // the group's best selection score (DeepSeek-V2 "group_limited_greedy")
+};
+
+struct TopKGateConfig {
+  Index d_model = 0;
+  Index num_experts = 0;
+  Index top_k = 2;
+  Scoring scoring = Scoring::softmax;
+  bool normalize = true;        // renormalise the k selected weights to sum 1 (before `scale`)
+  double scale = 1.0;           // multiplies the weights (DeepSeek's routed_scaling_factor)
+  bool router_bias = false;     // a learned bias on the router logits
+  bool selection_bias = false;  // DeepSeek-V3 e_score_correction_bias: added for choosing only
+  Index n_group = 1;            // expert groups; tokens choose topk_group groups first
+  Index topk_group = 1;
+  GroupScore group_score = GroupScore::top2_sum;
+  bool noisy = false;           // Shazeer 2017: logits += N(0,1)·softplus(x·W_noiseᵀ), training only
+  double jitter = 0.0;          // Switch: router input x ⊙ U(1−ε, 1+ε), training only
+  Capacity capacity{};          // dropless unless capacity.factor is set
+  std::uint64_t seed = 0;       // initialisation, and the noise generator
+};
+
+template <class S>
+class TopKGate {
+ public:
+  using Scalar = S;
+
+  explicit TopKGate(const TopKGateConfig& config) : config_(validated(config)), noise_rng_(config.seed ^ 0x9e3779b97f4a7c15ULL) {
+    Generator rng(config.seed);
+    router_ = Router<S>(config.d_model, config.num_experts, config.router_bias, rng);
+    selection_bias_.setZero(config.selection_bias ? config.num_experts : 0);
+    if (config.noisy) noise_weight_.setZero(config.num_experts, config.d_model);  // Shazeer: zero init
+  }
+
+  Index d_model() const { return config_.d_model; }
+  Index num_experts() const { return config_.num_experts; }
+  Index slots_per_token() const { return config_.top_k; }
+  const TopKGateConfig& config() const { return config_; }
+
+  // See the Gate concept.
+  void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan, Mode mode) {
+    detail::check_dim("TopKGate::route", "x.cols()", x.cols(), "d_model", d_model());
+    const Index T = x.rows(), E = num_experts(), k = config_.top_k;
+    plan.reset(T, k, E);
+    const bool training = mode == Mode::training;
+    if (training && config_.jitter > 0) {
+      jittered_ = x;
+      for (Index i = 0; i < jittered_.size(); ++i)
+        jittered_.data()[i] *= S(uniform(noise_rng_, 1.0 - config_.jitter, 1.0 + config_.jitter));
+      router_.project(jittered_, plan.logits, "TopKGate::route");
+    } else {
+      router_.project(x, plan.logits, "TopKGate::route");
+    }
+    if (training && config_.noisy) add_noise(x, plan.logits);
+
+    if (config_.scoring == Scoring::sigmoid)
+      kernels::sigmoid<S>(plan.logits, plan.scores);
+    else
+      kernels::softmax_rows<S>(plan.logits, plan.scores);
+
+    choice_.resize(E);
+    for (Index t = 0; t < T; ++t) select(plan, t);
+
+    if (config_.capacity.factor) {
+      const Index capacity = expert_capacity(config_.capacity, T, k, E);
+      apply_capacity(plan, capacity, config_.capacity.policy, order_, load_);
+    }
+  }
+
+  Router<S>& router() { return router_; }
+  const Router<S>& router() const { return router_; }
+  Vector<S>& selection_bias() { return selection_bias_; }  // [E], empty unless selection_bias
+  const Vector<S>& selection_bias() const { return selection_bias_; }
+  RowMatrix<S>& noise_weight() { return noise_weight_; }   // [E, d_model], empty unless noisy
+  const RowMatrix<S>& noise_weight() const { return noise_weight_; }
+  void reseed(std::uint64_t seed) { noise_rng_.seed(seed); }
+
+ private:
+  static TopKGateConfig validated(const TopKGateConfig& c) {
+    constexpr const char* who = "TopKGate";
+    detail::check_config(c.d_model >= 1, who, "d_model = ", c.d_model, " but must be >= 1");
+    detail::check_config(c.num_experts >= 1, who, "num_experts = ", c.num_experts, " but must be >= 1");
+    detail::check_config(c.top_k >= 1 && c.top_k <= c.num_experts, who, "top_k = ", c.top_k,
+                         " but must be in [1, num_experts = ", c.num_experts, "]");
+    detail::check_config(std::isfinite(c.scale) && c.scale > 0, who, "scale = ", c.scale,
+                         " but must be finite and > 0");
+    detail::check_config(c.n_group >= 1 && c.num_experts % c.n_group == 0, who, "n_group = ", c.n_group,
+                         " but must be >= 1 and divide num_experts = ", c.num_experts);
+    detail::check_config(c.topk_group >= 1 && c.topk_group <= c.n_group, who, "topk_group = ",
+                         c.topk_group, " but must be in [1, n_group = ", c.n_group, "]");
+    const Index reachable = c.topk_group * (c.num_experts / c.n_group);
+    detail::check_config(reachable >= c.top_k, who, "top_k = ", c.top_k, " but topk_group = ",
+                         c.topk_group, " groups hold only ", reachable, " experts");
+    detail::check_config(c.jitter >= 0 && c.jitter < 1, who, "jitter = ", c.jitter, " but must be in [0, 1)");
+    detail::check_capacity(c.capacity, who);
+    return c;
+  }
+
+  // logits += N(0,1) · softplus(x·W_noiseᵀ), drawn token by token in order (Shazeer et al. 2017, eq. 4).
+  void add_noise(ConstMatrixRef<S> x, MatrixRef<S> logits) {
+    noise_std_.noalias() = x * noise_weight_.transpose();
+    for (Index t = 0; t < logits.rows(); ++t)
+      for (Index e = 0; e < logits.cols(); ++e) {
+        const S v = noise_std_(t, e);
+        const S softplus = v > S(20) ? v : std::log1p(std::exp(v));
+        logits(t, e) += S(standard_normal(noise_rng_)) * softplus;
+      }
+    Router<S>::check_finite(logits, "TopKGate::route");
+  }
+
+  // Fills the k slots of token t from plan.logits/plan.scores.
+  void select(RoutingPlan<S>& plan, Index t) {
+    const Index E = num_experts(), k = config_.top_k;
+    const bool by_logits = config_.scoring == Scoring::softmax_selected;
+    for (Index e = 0; e < E; ++e)
+      choice_[e] = (by_logits ? plan.logits(t, e) : plan.scores(t, e)) +
+                   (config_.selection_bias ? selection_bias_[e] : S(0));
+    if (config_.n_group > 1) mask_groups();
+
+    std::int32_t* ids = plan.expert.row(t).data();
+    kernels::top_k(choice_.data(), E, k, ids);
+    S* w = plan.weight.row(t).data();
+    if (by_logits) {
+      for (Index j = 0; j < k; ++j) w[j] = plan.logits(t, ids[j]);
+      kernels::softmax_inplace(w, k);
+    } else {
+      S sum = 0;
+      for (Index j = 0; j < k; ++j) sum += (w[j] = plan.scores(t, ids[j]));
+      // DeepSeek-V3 adds 1e-20 so that sigmoid scores that all underflow do not divide by zero.
+      if (config_.normalize)
+        for (Index j = 0; j < k; ++j) w[j] /= config_.scoring == Scoring::sigmoid ? sum + S(1e-20) : sum;
+    }
+    for (Index j = 0; j < k; ++j) w[j] *= S(config_.scale);
+  }
+
+  // Keeps the experts of the topk_group best groups in choice_ and sets the others to −inf.
+  void mask_groups() {
+    const Index G = config_.n_group, size = num_experts() / G;
+    group_value_.resize(G);
+    for (Index g = 0; g < G; ++g) {
+      const auto group = choice_.segment(g * size, size);
+      if (config_.group_score == GroupScore::max || size == 1) {
+        group_value_[g] = group.maxCoeff();
+      } else {
+        std::int32_t best[2];
+        kernels::top_k(group.data(), size, 2, best);
+        group_value_[g] = group[best[0]] + group[best[1]];
+      }
+    }
+    group_ids_.resize(config_.topk_group);
+    kernels::top_k(group_value_.data(), G, config_.topk_group, group_ids_.data());
+    for (Index g = 0; g < G; ++g)
+      if (std::find(group_ids_.begin(), group_ids_.end(), g) == group_ids_.end())
+        choice_.segment(g * size, size).setConstant(-std::numeric_limits<S>::infinity());
+  }
+
+  TopKGateConfig config_;
+  Router<S> router_;
+  Vector<S> selection_bias_;
+  RowMatrix<S> noise_weight_;
+  Generator noise_rng_;
+  // Scratch reused across calls so that the steady state does not allocate.
+  RowMatrix<S> jittered_, noise_std_;
+  Vector<S> choice_, group_value_;
+  std::vector<std::int32_t> group_ids_;
+  std::vector<Index> order_, load_;
+};
+
+// Switch Transformer routing (Fedus et al. 2021): top-1, the chosen expert's softmax probability as
+// weight (no renormalisation), capacity factor 1.25 with token-order drops.
+template <class S>
+TopKGate<S> switch_gate(Index d_model, Index num_experts, double capacity_factor = 1.25,
+                        std::uint64_t seed = 0) {
+  return TopKGate<S>({.d_model = d_model,
+                      .num_experts = num_experts,
+                      .top_k = 1,
+                      .normalize = false,
+                      .capacity = {.factor = capacity_factor},
+                      .seed = seed});
+}
+
+}  // namespace moe

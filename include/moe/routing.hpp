@@ -1,0 +1,60 @@
+// What a gate decides and how the layer acts on it (DESIGN.md §4).
+//
+//   RoutingPlan  — per token: which experts (slots [T, k]), with which weights, and the router's
+//                  logits and scores [T, E] that backward and the losses need.
+//   DispatchPlan — per expert: the contiguous block of dispatch rows it owns (CSR by expert).
+#pragma once
+
+#include "moe/types.hpp"
+
+#include <cstdint>
+#include <vector>
+
+namespace moe {
+
+// A slot holds one (token, expert) assignment. kEmptySlot marks a slot with no assignment
+// (expert-choice routing leaves most slots empty); a dropped slot keeps its expert and weight
+// for statistics and backward but contributes nothing to the output.
+inline constexpr std::int32_t kEmptySlot = -1;
+
+template <class S>
+struct RoutingPlan {
+  IndexMatrix expert;                                          // [T, k]  expert id or kEmptySlot
+  RowMatrix<S> weight;                                         // [T, k]  combine weight
+  Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> dropped;  // [T, k]
+  RowMatrix<S> logits;                                         // [T, E]  router output x·Wgᵀ (+b)
+  RowMatrix<S> scores;                                         // [T, E]  softmax or sigmoid of logits
+  Index num_experts = 0;
+
+  Index num_tokens() const { return expert.rows(); }
+  Index slots_per_token() const { return expert.cols(); }
+
+  // Whether slot (t, j) sends token t to an expert whose output is combined.
+  bool active(Index t, Index j) const {
+    return expert(t, j) != kEmptySlot && dropped(t, j) == 0;
+  }
+
+  // Sizes every array for T tokens, k slots and E experts; slots start empty and not dropped.
+  void reset(Index num_tokens, Index slots, Index experts) {
+    num_experts = experts;
+    expert.setConstant(num_tokens, slots, kEmptySlot);
+    weight.setZero(num_tokens, slots);
+    dropped.setZero(num_tokens, slots);
+    logits.resize(num_tokens, experts);
+    scores.resize(num_tokens, experts);
+  }
+};
+
+// Dispatch order: the active assignments sorted by expert (stable: token order, then slot order,
+// inside an expert). Expert e owns dispatch rows [offset[e], offset[e + 1]).
+struct DispatchPlan {
+  std::vector<Index> offset;         // [E + 1]
+  std::vector<std::int32_t> token;   // [rows]   token of each dispatch row
+  std::vector<std::int32_t> row;     // [T * k]  dispatch row of slot (t, j), or kEmptySlot
+  std::vector<Index> cursor;         // [E]      scratch of build_dispatch, kept to avoid allocation
+
+  Index num_rows() const { return static_cast<Index>(token.size()); }
+  Index rows_of(Index e) const { return offset[e + 1] - offset[e]; }
+};
+
+}  // namespace moe
