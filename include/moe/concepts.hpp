@@ -19,8 +19,8 @@ namespace moe {
 //             buffer); y: [n, d_model()] pre-sized; scratch.size() >= scratch_size(n).
 //             n may be 1. Calls for different e may run concurrently on different threads
 //             (each with its own scratch), so forward must not write to the expert's members.
-//   ensures:  y = expert_e(x), row by row (overwritten); the result of row i depends only on
-//             x.row(i) and does not depend on n.
+//   ensures:  y = expert_e(x), row by row (overwritten); row i depends only on x.row(i), and
+//             the same block gives the same bits on any thread.
 // scratch_size(n)
 //   ensures:  the number of scalars forward() needs as working memory for n rows (0 if none).
 template <class X>
