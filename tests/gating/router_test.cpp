@@ -1,0 +1,148 @@
+// Router: logits = x·Wgᵀ (+ b) against a plain dot-product loop, its initialisation, and the
+// finiteness check every gate relies on.
+#include <moe/gating/router.hpp>
+
+#include "support/compare.hpp"
+#include "support/reference_gates.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace {
+
+constexpr moe::Index kTokens = 7, kDModel = 8, kExperts = 4;
+
+template <class S>
+class RouterTest : public ::testing::Test {};
+TYPED_TEST_SUITE(RouterTest, moe::test::Scalars);
+
+TYPED_TEST(RouterTest, ShapesFollowTorchLinear) {
+  using S = TypeParam;
+  moe::Generator rng(1);
+  const moe::Router<S> with_bias(kDModel, kExperts, true, rng);
+  EXPECT_EQ(with_bias.d_model(), kDModel);
+  EXPECT_EQ(with_bias.num_experts(), kExperts);
+  EXPECT_TRUE(with_bias.has_bias());
+  EXPECT_EQ(with_bias.weight().rows(), kExperts);
+  EXPECT_EQ(with_bias.weight().cols(), kDModel);
+  EXPECT_EQ(with_bias.bias().size(), kExperts);
+
+  const moe::Router<S> without_bias(kDModel, kExperts, false, rng);
+  EXPECT_FALSE(without_bias.has_bias());
+  EXPECT_EQ(without_bias.bias().size(), 0);
+}
+
+TYPED_TEST(RouterTest, InitialisationIsSeededAndBoundedLikeTorchLinear) {
+  using S = TypeParam;
+  moe::Generator rng_a(42), rng_b(42), rng_c(43);
+  const moe::Router<S> a(kDModel, kExperts, true, rng_a);
+  const moe::Router<S> b(kDModel, kExperts, true, rng_b);
+  const moe::Router<S> c(kDModel, kExperts, true, rng_c);
+  EXPECT_TRUE(a.weight() == b.weight());
+  EXPECT_TRUE(a.bias() == b.bias());
+  EXPECT_FALSE(a.weight() == c.weight());
+
+  // U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both weight and bias; not all equal.
+  const double bound = 1.0 / std::sqrt(static_cast<double>(kDModel));
+  EXPECT_LE(a.weight().cwiseAbs().maxCoeff(), S(bound));
+  EXPECT_LE(a.bias().cwiseAbs().maxCoeff(), S(bound));
+  EXPECT_GT(a.weight().maxCoeff() - a.weight().minCoeff(), S(0.1 * bound));
+  EXPECT_GT(a.bias().maxCoeff() - a.bias().minCoeff(), S(0));
+}
+
+TYPED_TEST(RouterTest, ProjectMatchesDotProductsWithoutBias) {
+  using S = TypeParam;
+  moe::Generator rng(3);
+  const moe::Router<S> router(kDModel, kExperts, false, rng);
+  const moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 11);
+  moe::RowMatrix<S> logits(kTokens, kExperts);
+  router.project(x, logits, "test");
+  const auto expected = moe::test::ref::router_logits(moe::test::ref::to_double(x),
+                                                      moe::test::ref::to_double(router.weight()), {});
+  MOE_EXPECT_CLOSE(S, logits, expected);
+  EXPECT_GT(expected.norm(), 0.1);
+}
+
+TYPED_TEST(RouterTest, ProjectMatchesDotProductsWithBias) {
+  using S = TypeParam;
+  moe::Generator rng(4);
+  moe::Router<S> router(kDModel, kExperts, true, rng);
+  router.bias() << S(0.5), S(-1), S(2), S(0.25);  // large enough that a missing bias fails
+  const moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 12);
+  moe::RowMatrix<S> logits(kTokens, kExperts);
+  router.project(x, logits, "test");
+  const auto expected = moe::test::ref::router_logits(
+      moe::test::ref::to_double(x), moe::test::ref::to_double(router.weight()),
+      moe::test::ref::to_row(router.bias()));
+  MOE_EXPECT_CLOSE(S, logits, expected);
+}
+
+TYPED_TEST(RouterTest, ProjectWritesIntoARowBlock) {
+  using S = TypeParam;
+  moe::Generator rng(5);
+  const moe::Router<S> router(kDModel, kExperts, true, rng);
+  const moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 13);
+  moe::RowMatrix<S> whole = moe::RowMatrix<S>::Constant(kTokens + 2, kExperts, S(-7));
+  router.project(x, whole.middleRows(1, kTokens), "test");
+  moe::RowMatrix<S> direct(kTokens, kExperts);
+  router.project(x, direct, "test");
+  EXPECT_TRUE(whole.middleRows(1, kTokens) == direct);
+  EXPECT_TRUE((whole.row(0).array() == S(-7)).all());
+  EXPECT_TRUE((whole.row(kTokens + 1).array() == S(-7)).all());
+}
+
+TYPED_TEST(RouterTest, ZeroAndOneTokens) {
+  using S = TypeParam;
+  moe::Generator rng(6);
+  const moe::Router<S> router(kDModel, kExperts, true, rng);
+  moe::RowMatrix<S> none(0, kExperts);
+  router.project(moe::RowMatrix<S>(0, kDModel), none, "test");
+  EXPECT_EQ(none.rows(), 0);
+
+  const moe::RowMatrix<S> x = moe::test::random_matrix<S>(1, kDModel, 14);
+  moe::RowMatrix<S> one(1, kExperts);
+  router.project(x, one, "test");
+  const auto expected = moe::test::ref::router_logits(
+      moe::test::ref::to_double(x), moe::test::ref::to_double(router.weight()),
+      moe::test::ref::to_row(router.bias()));
+  MOE_EXPECT_CLOSE(S, one, expected);
+}
+
+TYPED_TEST(RouterTest, NonFiniteInputNamesTheTokenAndTheCaller) {
+  using S = TypeParam;
+  moe::Generator rng(7);
+  const moe::Router<S> router(kDModel, kExperts, false, rng);
+  moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 15);
+  moe::RowMatrix<S> logits(kTokens, kExperts);
+  for (const S bad : {std::numeric_limits<S>::quiet_NaN(), std::numeric_limits<S>::infinity()}) {
+    x(3, 2) = bad;
+    try {
+      router.project(x, logits, "Caller::route");
+      FAIL() << "expected std::domain_error for " << bad;
+    } catch (const std::domain_error& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find("Caller::route"), std::string::npos) << message;
+      EXPECT_NE(message.find("token 3"), std::string::npos) << message;
+    }
+  }
+}
+
+TYPED_TEST(RouterTest, CheckFiniteReportsTheFirstBadToken) {
+  using S = TypeParam;
+  moe::RowMatrix<S> logits = moe::RowMatrix<S>::Zero(kTokens, kExperts);
+  EXPECT_NO_THROW(moe::Router<S>::check_finite(logits, "who"));
+  logits(5, 1) = -std::numeric_limits<S>::infinity();
+  logits(6, 0) = std::numeric_limits<S>::quiet_NaN();
+  try {
+    moe::Router<S>::check_finite(logits, "who");
+    FAIL() << "expected std::domain_error";
+  } catch (const std::domain_error& e) {
+    EXPECT_NE(std::string(e.what()).find("who: router logits of token 5"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
