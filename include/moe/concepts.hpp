@@ -3,10 +3,13 @@
 #pragma once
 
 #include "moe/routing.hpp"
+#include "moe/train/parameters.hpp"
 #include "moe/types.hpp"
 
 #include <concepts>
+#include <cstdint>
 #include <span>
+#include <string>
 
 namespace moe {
 
@@ -34,6 +37,38 @@ concept Expert = requires(const X& expert, Index e, Index n,
   expert.forward(e, x, y, scratch);
 };
 
+// An Expert that can be trained: it has a backward pass and lists its parameters.
+//
+// Working memory: in training, the layer gives each expert block its own scratch for forward()
+// and keeps it until backward(), so an expert stores in scratch what its backward needs (the
+// hidden activations) and scratch_size(n) counts both.
+//
+// backward(e, x, saved, d_y, d_x, grads, scratch)
+//   requires: forward(e, x, y, saved) ran on this x with these parameters and saved is untouched
+//             since; d_y, d_x: [n, d_model()]; scratch.size() >= backward_scratch_size(n).
+//   ensures:  d_x = ∂⟨y, d_y⟩/∂x                         (overwritten)
+//             grads' tensors of expert e += ∂⟨y, d_y⟩/∂θ_e (accumulated; other experts untouched)
+//             Calls for different e may run concurrently (they touch disjoint gradients).
+// make_gradients()
+//   ensures:  a Gradients object whose collect_parameters() lists the same names and shapes as
+//             this expert's, all zero (the library's experts use their own type as Gradients).
+// collect_parameters(prefix, list)
+//   ensures:  appends (prefix + name, view) for every trainable tensor, in a fixed order.
+template <class X>
+concept TrainableExpert =
+    Expert<X> && requires(X& expert, const X& const_expert, Index e, Index n,
+                          ConstMatrixRef<typename X::Scalar> x, ConstMatrixRef<typename X::Scalar> d_y,
+                          MatrixRef<typename X::Scalar> d_x, std::span<typename X::Scalar> memory,
+                          typename X::Gradients& grads, const std::string& prefix,
+                          ParameterList<typename X::Scalar>& list) {
+      typename X::Gradients;
+      { const_expert.backward_scratch_size(n) } -> std::convertible_to<Index>;
+      const_expert.backward(e, x, memory, d_y, d_x, grads, memory);
+      { const_expert.make_gradients() } -> std::same_as<typename X::Gradients>;
+      expert.collect_parameters(prefix, list);
+      grads.collect_parameters(prefix, list);
+    };
+
 // A Gate decides, for each token, which experts it goes to and with which weight.
 //
 // route(x, plan, mode)
@@ -54,6 +89,25 @@ concept Gate = requires(G& gate, const G& const_gate, ConstMatrixRef<typename G:
   { const_gate.num_experts() } -> std::convertible_to<Index>;
   { const_gate.slots_per_token() } -> std::convertible_to<Index>;
   gate.route(x, plan, mode);
+};
+
+}  // namespace moe
+
+namespace moe {
+
+// An auxiliary loss on the routing (load balancing, router z-loss, ...), with its coefficient.
+//
+// evaluate(plan, mask, grads)
+//   requires: plan filled by a gate's route(); mask: empty (every token counts) or [T] with 1 for
+//             a real token and 0 for padding; grads: nullptr, or grads->reset(plan) done.
+//   ensures:  returns coefficient · value (0 for T = 0 or an all-padding mask);
+//             if grads: grads->d_weight, d_logits, d_noise_std += coefficient · ∂value/∂(...)
+//             (accumulated).
+template <class L>
+concept AuxLoss = requires(const L& loss, const RoutingPlan<typename L::Scalar>& plan,
+                           std::span<const std::uint8_t> mask, RouterGradients<typename L::Scalar>* grads) {
+  typename L::Scalar;
+  { loss.evaluate(plan, mask, grads) } -> std::convertible_to<double>;
 };
 
 }  // namespace moe

@@ -22,9 +22,16 @@ struct RoutingPlan {
   IndexMatrix expert;                                          // [T, k]  expert id or kEmptySlot
   RowMatrix<S> weight;                                         // [T, k]  combine weight
   Eigen::Matrix<std::uint8_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> dropped;  // [T, k]
-  RowMatrix<S> logits;                                         // [T, E]  router output x·Wgᵀ (+b)
+  RowMatrix<S> logits;                                         // [T, E]  router output x·Wgᵀ (+b) (+ noise)
   RowMatrix<S> scores;                                         // [T, E]  softmax or sigmoid of logits
   Index num_experts = 0;
+
+  // Noisy gating (training only): logits = clean + noise ⊙ noise_std, so clean logits are
+  // logits − noise ⊙ noise_std. Jitter: the router saw router_input instead of x.
+  bool noisy = false, jittered = false;
+  RowMatrix<S> noise;         // [T, E]  standard-normal draws         (valid when noisy)
+  RowMatrix<S> noise_std;     // [T, E]  softplus(x·W_noiseᵀ)          (valid when noisy)
+  RowMatrix<S> router_input;  // [T, d_model]                          (valid when jittered)
 
   Index num_tokens() const { return expert.rows(); }
   Index slots_per_token() const { return expert.cols(); }
@@ -42,6 +49,23 @@ struct RoutingPlan {
     dropped.setZero(num_tokens, slots);
     logits.resize(num_tokens, experts);
     scores.resize(num_tokens, experts);
+    noisy = jittered = false;
+  }
+};
+
+// Gradients with respect to what a gate produced; the layer and the auxiliary losses add into
+// them, the gate's backward consumes them.
+template <class S>
+struct RouterGradients {
+  RowMatrix<S> d_weight;     // [T, k]  ∂L/∂plan.weight
+  RowMatrix<S> d_logits;     // [T, E]  ∂L/∂plan.logits
+  RowMatrix<S> d_noise_std;  // [T, E]  ∂L/∂plan.noise_std (noisy gating only)
+
+  // Zeros of the plan's shapes.
+  void reset(const RoutingPlan<S>& plan) {
+    d_weight.setZero(plan.num_tokens(), plan.slots_per_token());
+    d_logits.setZero(plan.num_tokens(), plan.num_experts);
+    d_noise_std.setZero(plan.noisy ? plan.num_tokens() : 0, plan.noisy ? plan.num_experts : 0);
   }
 };
 
