@@ -1,0 +1,57 @@
+// The reference shapes of BENCHMARKS.md and its counting conventions, shared by every benchmark so
+// that labels and counters mean the same thing everywhere.
+#pragma once
+
+#include "moe/types.hpp"
+
+#include <array>
+#include <string_view>
+
+namespace moe::bench {
+
+struct Shape {
+  std::string_view name;  // the label used in benchmark names: BM_<...>/<name>/...
+  Index d_model = 0;
+  Index d_ff = 0;
+  Index num_experts = 0;
+  Index top_k = 0;
+  Index num_shared = 0;   // shared (always-on) experts, each of width shared_d_ff
+  Index shared_d_ff = 0;
+};
+
+inline constexpr Shape kSmall{"small", 512, 1024, 8, 2};
+inline constexpr Shape kMixtralMini{"mixtral-mini", 1024, 3584, 8, 2};
+inline constexpr Shape kDeepseekMoe{"deepseek-moe", 2048, 1408, 64, 6, 2, 1408};
+inline constexpr Shape kMixtral8x7b{"mixtral-8x7b", 4096, 14336, 8, 2};
+
+inline constexpr std::array kShapes{kSmall, kMixtralMini, kDeepseekMoe, kMixtral8x7b};
+
+// Parameters of one routed SwiGLU expert: w1, w3 [d_ff, d_model] and w2 [d_model, d_ff].
+constexpr double expert_params(const Shape& s) { return 3.0 * double(s.d_model) * double(s.d_ff); }
+
+// FLOP convention: routed expert FLOPs only (router and shared experts excluded), one multiply-add
+// = 2 FLOPs. For `assignments` computed (token, expert) pairs: 2·3·d_model·d_ff·assignments.
+constexpr double expert_flops(const Shape& s, Index assignments) {
+  return 2.0 * expert_params(s) * double(assignments);
+}
+
+// The nominal count for T tokens when nothing is dropped: 2·T·k·3·d_model·d_ff.
+constexpr double nominal_expert_flops(const Shape& s, Index num_tokens) {
+  return expert_flops(s, num_tokens * s.top_k);
+}
+
+// Bytes convention: bytes of the distinct routed expert weights a batch touches (each weight read
+// once however many tokens use it; router and shared experts excluded, like the FLOPs).
+constexpr double expert_bytes(const Shape& s, Index distinct_experts, double bytes_per_weight = 4.0) {
+  return expert_params(s) * double(distinct_experts) * bytes_per_weight;
+}
+
+// All routed expert weights of the layer: what must fit in cache for weights to stay resident.
+constexpr double routed_weight_bytes(const Shape& s, double bytes_per_weight = 4.0) {
+  return expert_bytes(s, s.num_experts, bytes_per_weight);
+}
+
+static_assert(routed_weight_bytes(kMixtralMini) == 8.0 * 3 * 1024 * 3584 * 4);  // 352 MB
+static_assert(nominal_expert_flops(kSmall, 1) == 2.0 * 2 * 3 * 512 * 1024);
+
+}  // namespace moe::bench
