@@ -27,11 +27,11 @@ struct RoutingPlan {
   Index num_experts = 0;
 
   // Noisy gating (training only): logits = clean + noise ⊙ noise_std, so clean logits are
-  // logits − noise ⊙ noise_std. Jitter: the router saw router_input instead of x.
+  // logits − noise ⊙ noise_std. Jitter (training only): the router saw x ⊙ jitter.
   bool noisy = false, jittered = false;
-  RowMatrix<S> noise;         // [T, E]  standard-normal draws         (valid when noisy)
-  RowMatrix<S> noise_std;     // [T, E]  softplus(x·W_noiseᵀ)          (valid when noisy)
-  RowMatrix<S> router_input;  // [T, d_model]                          (valid when jittered)
+  RowMatrix<S> noise;      // [T, E]        standard-normal draws       (valid when noisy)
+  RowMatrix<S> noise_std;  // [T, E]        softplus(x·W_noiseᵀ)        (valid when noisy)
+  RowMatrix<S> jitter;     // [T, d_model]  multipliers U(1−ε, 1+ε)     (valid when jittered)
 
   Index num_tokens() const { return expert.rows(); }
   Index slots_per_token() const { return expert.cols(); }
