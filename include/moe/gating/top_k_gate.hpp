@@ -57,7 +57,7 @@ class TopKGate {
  public:
   using Scalar = S;
 
-  explicit TopKGate(const TopKGateConfig& config) : config_(validated(config)), noise_rng_(config.seed ^ 0x9e3779b97f4a7c15ULL) {
+  explicit TopKGate(const TopKGateConfig& config) : config_(validated(config)), noise_rng_(noise_seed(config.seed)) {
     Generator rng(config.seed);
     router_ = Router<S>(config.d_model, config.num_experts, config.router_bias, rng);
     selection_bias_.setZero(config.selection_bias ? config.num_experts : 0);
@@ -105,9 +105,13 @@ class TopKGate {
   const Vector<S>& selection_bias() const { return selection_bias_; }
   RowMatrix<S>& noise_weight() { return noise_weight_; }   // [E, d_model], empty unless noisy
   const RowMatrix<S>& noise_weight() const { return noise_weight_; }
-  void reseed(std::uint64_t seed) { noise_rng_.seed(seed); }
+  // Restarts the noise generator where a gate constructed with `seed` starts it.
+  void reseed(std::uint64_t seed) { noise_rng_.seed(noise_seed(seed)); }
 
  private:
+  // The noise stream is salted so that it is not the stream that initialised the router.
+  static constexpr std::uint64_t noise_seed(std::uint64_t seed) { return seed ^ 0x9e3779b97f4a7c15ULL; }
+
   static TopKGateConfig validated(const TopKGateConfig& c) {
     constexpr const char* who = "TopKGate";
     detail::check_config(c.d_model >= 1, who, "d_model = ", c.d_model, " but must be >= 1");
