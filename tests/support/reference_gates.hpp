@@ -31,8 +31,10 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <numeric>
+#include <string>
 #include <vector>
 
 namespace moe::test::ref {
@@ -277,3 +279,21 @@ void expect_plan_matches(const RoutingPlan<S>& plan, const Routing& expected) {
 }
 
 }  // namespace moe::test::ref
+
+namespace moe::test {
+
+// EXPECTs that call() throws Error (a std::invalid_argument for the library's own errors) with a
+// message containing every one of `parts` (the origin, the quantity and both numbers).
+template <class Error, class Call>
+void expect_throws_with(Call&& call, std::initializer_list<std::string> parts) {
+  try {
+    call();
+    ADD_FAILURE() << "no exception; expected one mentioning \"" << *parts.begin() << '"';
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    for (const std::string& part : parts)
+      EXPECT_NE(message.find(part), std::string::npos) << "\"" << part << "\" not in: " << message;
+  }
+}
+
+}  // namespace moe::test
