@@ -91,6 +91,27 @@ concept Gate = requires(G& gate, const G& const_gate, ConstMatrixRef<typename G:
   gate.route(x, plan, mode);
 };
 
+// A Gate that can be trained.
+//
+// backward(x, plan, grads, d_x, param_grads)
+//   requires: plan filled by route(x, plan, mode) on this x with these parameters; grads:
+//             ∂L/∂(plan.weight, plan.logits, plan.noise_std), shaped by grads.reset(plan).
+//   ensures:  d_x = ∂L/∂x through the router (overwritten); param_grads += ∂L/∂θ (accumulated).
+//             Expert selection (top-k, groups, selection bias, capacity) has no gradient.
+template <class G>
+concept TrainableGate =
+    Gate<G> && requires(G& gate, const G& const_gate, ConstMatrixRef<typename G::Scalar> x,
+                        const RoutingPlan<typename G::Scalar>& plan,
+                        const RouterGradients<typename G::Scalar>& grads, MatrixRef<typename G::Scalar> d_x,
+                        typename G::Gradients& param_grads, const std::string& prefix,
+                        ParameterList<typename G::Scalar>& list) {
+      typename G::Gradients;
+      gate.backward(x, plan, grads, d_x, param_grads);
+      { const_gate.make_gradients() } -> std::same_as<typename G::Gradients>;
+      gate.collect_parameters(prefix, list);
+      param_grads.collect_parameters(prefix, list);
+    };
+
 }  // namespace moe
 
 namespace moe {
