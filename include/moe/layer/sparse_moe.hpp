@@ -97,8 +97,10 @@ class SparseMoE {
     detail::check_dim(who, "x.cols()", x.cols(), "d_model", d);
     detail::check_dim(who, "y.rows()", y.rows(), "x.rows()", x.rows());
     detail::check_dim(who, "y.cols()", y.cols(), "d_model", d);
-    const detail::EigenSingleThreaded single_threaded_eigen;
+    // Resolve before EigenSingleThreaded sets OpenMP's default to 1, or "0: OpenMP's default"
+    // would always mean one thread.
     const int threads = detail::resolve_threads(options_.num_threads);
+    const detail::EigenSingleThreaded single_threaded_eigen;
 
     // Route into a scratch plan, so that a throw leaves the last plan and stats intact.
     gate_.route(x, next_plan_, mode_);
