@@ -23,3 +23,7 @@
 #include "moe/layer/routing_stats.hpp"
 #include "moe/layer/shared_experts.hpp"
 #include "moe/layer/sparse_moe.hpp"
+
+// Training
+#include "moe/train/adam.hpp"
+#include "moe/train/sgd.hpp"
