@@ -20,6 +20,13 @@
 #include "moe/gating/expert_choice_gate.hpp"
 #include "moe/gating/top_k_gate.hpp"
 
+// Losses
+#include "moe/loss/bias_update.hpp"
+#include "moe/loss/importance_load.hpp"
+#include "moe/loss/load_balancing.hpp"
+#include "moe/loss/router_z_loss.hpp"
+#include "moe/loss/sequence_balance.hpp"
+
 #include "moe/layer/routing_stats.hpp"
 #include "moe/layer/shared_experts.hpp"
 #include "moe/layer/sparse_moe.hpp"
