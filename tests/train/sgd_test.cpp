@@ -202,7 +202,9 @@ TYPED_TEST(SgdTest, LaterStepsMustHaveTheFirstStepsShapes) {
 
   RowMatrix<S> bigger(4, 4), d_bigger(4, 4);
   expect_error_naming(
-      [&] { sgd.step({moe::view<S>("w", bigger), moe::view<S>("b", p.b)}, {moe::view<S>("w", d_bigger), p.grads()[1]}); },
+      [&] {
+        sgd.step({moe::view<S>("w", bigger), moe::view<S>("b", p.b)}, {moe::view<S>("w", d_bigger), p.grads()[1]});
+      },
       {"Sgd::step", "w rows = 4", "rows in the optimizer state = 3"});
   expect_error_naming([&] { sgd.step({p.params()[0]}, {p.grads()[0]}); },
                       {"Sgd::step", "params.size() = 1", "tensors in the optimizer state = 2"});
