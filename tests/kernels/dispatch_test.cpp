@@ -186,6 +186,7 @@ TYPED_TEST(DispatchTest, GatherRowsCopiesTokenRows) {
   const auto plan = hand_plan<S>();
   DispatchPlan d;
   moe::kernels::build_dispatch(plan, d);
+  ASSERT_EQ(d.num_rows(), 10);
   const RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kModel, 3);
   // The layer gathers into the top rows of a larger, reused buffer.
   const S nan = std::numeric_limits<S>::quiet_NaN();

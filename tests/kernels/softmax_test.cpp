@@ -163,8 +163,9 @@ TYPED_TEST(SoftmaxTest, LogSumExp) {
 
 TYPED_TEST(SoftmaxTest, SoftmaxInPlaceOfAShortVector) {
   using S = TypeParam;
-  std::vector<S> values = {S(0.3), S(-1.2), S(2.0)};
-  const RowMatrix<S> as_row = Eigen::Map<const RowMatrix<S>>(values.data(), 1, 3);
+  RowMatrix<S> as_row(1, 3);
+  as_row << S(0.3), S(-1.2), S(2.0);
+  std::vector<S> values(as_row.data(), as_row.data() + 3);
   moe::kernels::softmax_inplace(values.data(), 3);
   MOE_EXPECT_CLOSE(S, (Eigen::Map<const RowMatrix<S>>(values.data(), 1, 3)), reference_softmax(as_row));
 
