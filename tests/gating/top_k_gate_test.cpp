@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -496,44 +497,61 @@ TYPED_TEST(TopKGateTest, NoisyTrainingChangesTheLogits) {
 
 TYPED_TEST(TopKGateTest, NoiseStdIsSoftplusOfTheNoiseProjection) {
   using S = TypeParam;
-  // Token column 0 is 1, and only column 0 of W_noise is nonzero: every token's noise std is
-  // softplus(w). softplus(−60) ≈ 1e-26: no visible noise; softplus(30) ≈ 30: large noise.
+  // Gates with the same seed draw the same N(0, 1) values, so their logit noise differs only by
+  // the std. Token column 0 is 1 and only column 0 of W_noise is nonzero: every token's std is
+  // softplus(w), and the zero-initialised W_noise gives softplus(0) = ln 2. Hence
+  //   noise(w) = noise(0) · softplus(w) / ln 2, elementwise.
   moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 92);
   x.col(0).setOnes();
-  for (const double w : {-60.0, 30.0}) {
+  const TopKGateConfig config{.d_model = kDModel, .num_experts = 4, .top_k = 2, .noisy = true, .seed = 29};
+  moe::TopKGate<S> base(config);
+  moe::RoutingPlan<S> clean, noisy;
+  base.route(x, clean, Mode::inference);
+  base.route(x, noisy, Mode::training);
+  const moe::RowMatrix<S> base_noise = noisy.logits - clean.logits;
+  ASSERT_GT(base_noise.cwiseAbs().minCoeff(), S(0));
+  const double ln2 = std::log(2.0);
+  for (const double w : {-60.0, -2.0, 1.0, 30.0}) {
     SCOPED_TRACE(w);
-    moe::TopKGate<S> gate({.d_model = kDModel, .num_experts = 4, .top_k = 2, .noisy = true, .seed = 29});
-    gate.noise_weight().setZero();
+    moe::TopKGate<S> gate(config);
     gate.noise_weight().col(0).setConstant(S(w));
-    moe::RoutingPlan<S> clean, noisy;
-    gate.route(x, clean, Mode::inference);
     gate.route(x, noisy, Mode::training);
-    const double mean_abs = (noisy.logits - clean.logits).cwiseAbs().template cast<double>().mean();
-    if (w < 0)
-      EXPECT_LT(mean_abs, 1e-6);
-    else
-      EXPECT_GT(mean_abs, 10.0);  // E|N(0, 30²)| ≈ 24
+    const double softplus = std::log1p(std::exp(w));
+    for (Index t = 0; t < kTokens; ++t)
+      for (Index e = 0; e < 4; ++e) {
+        const double expected = double(base_noise(t, e)) * softplus / ln2;
+        const double actual = double(noisy.logits(t, e)) - double(clean.logits(t, e));
+        EXPECT_NEAR(actual, expected, (std::abs(expected) + 1) * (sizeof(S) == 4 ? 1e-5 : 1e-12))
+            << "token " << t << " expert " << e;
+      }
   }
 }
 
-TYPED_TEST(TopKGateTest, JitterScalesEachInputByAtMostEpsilon) {
+TYPED_TEST(TopKGateTest, JitterMultipliesEachInputByUniformOneMinusToOnePlusEpsilon) {
   using S = TypeParam;
   constexpr double eps = 0.1;
+  // Router row e = unit vector e: logit(t, e) = x(t, e)·u(t, e), so the ratio of the training logit
+  // to the clean logit is the multiplier itself.
   moe::TopKGate<S> gate({.d_model = kDModel, .num_experts = 4, .top_k = 2, .jitter = eps, .seed = 30});
+  gate.router().weight().setZero();
+  for (Index e = 0; e < 4; ++e) gate.router().weight()(e, e) = S(1);
   const moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 93);
   moe::RoutingPlan<S> clean, jittered;
   gate.route(x, clean, Mode::inference);
   gate.route(x, jittered, Mode::training);
-  EXPECT_FALSE(jittered.logits == clean.logits);
-  // logit(x ⊙ u) − logit(x) = Σ_i x_i W_ei (u_i − 1), |u_i − 1| ≤ ε.
-  const auto& W = gate.router().weight();
+  double lowest = 2, highest = 0;
   for (Index t = 0; t < kTokens; ++t)
     for (Index e = 0; e < 4; ++e) {
-      double bound = 0;
-      for (Index i = 0; i < kDModel; ++i) bound += std::abs(double(x(t, i)) * double(W(e, i)));
-      EXPECT_LE(std::abs(double(jittered.logits(t, e)) - double(clean.logits(t, e))), eps * bound + 1e-6)
-          << "token " << t << " expert " << e;
+      ASSERT_NE(clean.logits(t, e), S(0));
+      const double u = double(jittered.logits(t, e)) / double(clean.logits(t, e));
+      EXPECT_GE(u, 1 - eps - 1e-6) << "token " << t << " expert " << e;
+      EXPECT_LT(u, 1 + eps + 1e-6) << "token " << t << " expert " << e;
+      lowest = std::min(lowest, u);
+      highest = std::max(highest, u);
     }
+  // 28 draws of U(0.9, 1.1) spread over most of the interval (and are not all 1).
+  EXPECT_LT(lowest, 1 - eps / 2);
+  EXPECT_GT(highest, 1 + eps / 2);
 }
 
 TYPED_TEST(TopKGateTest, SameSeedSameTrainingRoutingDifferentSeedDifferent) {
