@@ -31,6 +31,8 @@ class EigenSingleThreaded {
 #ifdef _OPENMP
   EigenSingleThreaded() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
   ~EigenSingleThreaded() { omp_set_num_threads(saved_); }
+#else
+  EigenSingleThreaded() = default;  // the deleted copy constructor suppresses the implicit one
 #endif
   EigenSingleThreaded(const EigenSingleThreaded&) = delete;
   EigenSingleThreaded& operator=(const EigenSingleThreaded&) = delete;
