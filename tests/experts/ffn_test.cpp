@@ -3,6 +3,8 @@
 #include <moe/concepts.hpp>
 #include <moe/experts/ffn.hpp>
 
+#include <moe/testing/gradient_check.hpp>
+
 #include "support/compare.hpp"
 #include "support/reference_experts.hpp"
 
@@ -126,8 +128,8 @@ TYPED_TEST(FfnExpertTest, ScratchContract) {
   using S = TypeParam;
   const auto expert = make_expert<S, moe::Relu>(/*bias=*/false);
   EXPECT_EQ(expert.scratch_size(0), 0);
-  EXPECT_EQ(expert.scratch_size(1), kHidden);
-  EXPECT_EQ(expert.scratch_size(kTokens), kTokens * kHidden);
+  EXPECT_EQ(expert.scratch_size(1), 2 * kHidden);  // pre-activation and activation, kept for backward
+  EXPECT_EQ(expert.scratch_size(kTokens), 2 * kTokens * kHidden);
 
   // Exactly scratch_size(n) is enough (ASan would see an overrun of the vector); a longer buffer
   // is used only up to scratch_size(n), and the caller's tail is left as it was.
@@ -179,9 +181,9 @@ TYPED_TEST(FfnExpertTest, BadCallsThrowShapeErrorNamingFunctionAndNumbers) {
                                             {"FfnExpert::forward", "expert = -1", "num_experts = 4"});
   expect_throw_containing<moe::shape_error>(
       [&] { expert.forward(0, x, y, small); },
-      {"FfnExpert::forward", "scratch.size() = 111", "scratch_size(n) = 112"});
+      {"FfnExpert::forward", "scratch.size() = 223", "scratch_size(n) = 224"});
   expect_throw_containing<moe::shape_error>(
-      [&] { expert.forward(0, x, y, {}); }, {"FfnExpert::forward", "scratch.size() = 0", "scratch_size(n) = 112"});
+      [&] { expert.forward(0, x, y, {}); }, {"FfnExpert::forward", "scratch.size() = 0", "scratch_size(n) = 224"});
   EXPECT_TRUE((y.array() == sentinel).all()) << "a rejected call must not write its output";
 }
 
@@ -219,6 +221,23 @@ TYPED_TEST(FfnExpertTest, SeededInitialisation) {
   const auto relu = make_expert<S, moe::Relu>(/*bias=*/true, 7);
   EXPECT_EQ(relu.w1().all(), a.w1().all());
   EXPECT_EQ(relu.w2().all(), a.w2().all());
+}
+
+// Backward against central finite differences in double, every activation, with and without biases.
+template <class Activation>
+void expect_ffn_gradients(bool bias) {
+  const moe::testing::GradCheckResult result = moe::testing::check_expert(make_expert<double, Activation>(bias), 5, 3);
+  EXPECT_TRUE(result.ok) << Activation::name << (bias ? " with" : " without") << " bias\n" << result.log;
+}
+
+TEST(FfnExpertGrad, EveryActivationMatchesFiniteDifferences) {
+  static_assert(moe::TrainableExpert<moe::ReluExpert<float>>);
+  for (const bool bias : {false, true}) {
+    expect_ffn_gradients<moe::Relu>(bias);
+    expect_ffn_gradients<moe::Gelu>(bias);
+    expect_ffn_gradients<moe::GeluTanh>(bias);
+    expect_ffn_gradients<moe::Silu>(bias);
+  }
 }
 
 }  // namespace

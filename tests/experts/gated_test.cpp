@@ -3,6 +3,8 @@
 #include <moe/concepts.hpp>
 #include <moe/experts/gated.hpp>
 
+#include <moe/testing/gradient_check.hpp>
+
 #include "support/compare.hpp"
 #include "support/reference_experts.hpp"
 
@@ -119,8 +121,8 @@ TYPED_TEST(GatedExpertTest, ScratchContract) {
   using S = TypeParam;
   const auto expert = make_expert<S, moe::Silu>();
   EXPECT_EQ(expert.scratch_size(0), 0);
-  EXPECT_EQ(expert.scratch_size(1), 2 * kHidden);
-  EXPECT_EQ(expert.scratch_size(kTokens), 2 * kTokens * kHidden);
+  EXPECT_EQ(expert.scratch_size(1), 3 * kHidden);  // h1, h3 and h, kept for backward
+  EXPECT_EQ(expert.scratch_size(kTokens), 3 * kTokens * kHidden);
 
   const RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kModel, 5);
   const Index needed = expert.scratch_size(kTokens);
@@ -155,7 +157,7 @@ TYPED_TEST(GatedExpertTest, BadCallsThrowShapeErrorNamingFunctionAndNumbers) {
   RowMatrix<S> y = RowMatrix<S>::Constant(kTokens, kModel, sentinel);
   RowMatrix<S> y_short(kTokens - 1, kModel), y_wide(kTokens, kModel + 1);
   auto scratch = nan_scratch<S>(expert.scratch_size(kTokens));
-  // One block of the two is not enough.
+  // Half of the three blocks is not enough.
   auto half = nan_scratch<S>(expert.scratch_size(kTokens) / 2);
 
   expect_throw_containing<moe::shape_error>([&] { expert.forward(0, x_narrow, y, scratch); },
@@ -170,7 +172,7 @@ TYPED_TEST(GatedExpertTest, BadCallsThrowShapeErrorNamingFunctionAndNumbers) {
                                             {"GatedExpert::forward", "expert = -1", "num_experts = 4"});
   expect_throw_containing<moe::shape_error>(
       [&] { expert.forward(0, x, y, half); },
-      {"GatedExpert::forward", "scratch.size() = 112", "scratch_size(n) = 224"});
+      {"GatedExpert::forward", "scratch.size() = 168", "scratch_size(n) = 336"});
   EXPECT_TRUE((y.array() == sentinel).all()) << "a rejected call must not write its output";
 }
 
@@ -205,6 +207,24 @@ TYPED_TEST(GatedExpertTest, SeededInitialisation) {
   }
   // w1 and w3 have the same shape but are drawn separately.
   EXPECT_NE(a.w1().all(), a.w3().all());
+}
+
+// Backward against central finite differences in double (moe::testing::check_expert: d_x and
+// every parameter of every expert, relative error ‖a − n‖/‖a + n‖ ≤ 1e-6).
+TEST(GatedExpertGrad, SwiGluMatchesFiniteDifferences) {
+  const moe::testing::GradCheckResult result = moe::testing::check_expert(make_expert<double, moe::Silu>(), 5, 1);
+  EXPECT_TRUE(result.ok) << result.log;
+}
+
+TEST(GatedExpertGrad, GeGluMatchesFiniteDifferences) {
+  const moe::testing::GradCheckResult result = moe::testing::check_expert(make_expert<double, moe::Gelu>(), 5, 2);
+  EXPECT_TRUE(result.ok) << result.log;
+}
+
+TEST(GatedExpertGrad, BackwardScratchIsTwoHiddenBlocks) {
+  const auto expert = make_expert<float, moe::Silu>();
+  EXPECT_EQ(expert.backward_scratch_size(kTokens), 2 * kTokens * kHidden);
+  static_assert(moe::TrainableExpert<moe::SwiGluExpert<float>>);
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 #include <moe/concepts.hpp>
 #include <moe/experts/linear.hpp>
 
+#include <moe/testing/gradient_check.hpp>
+
 #include "support/compare.hpp"
 #include "support/reference_experts.hpp"
 
@@ -172,6 +174,15 @@ TYPED_TEST(LinearExpertTest, WithoutBiasTheBiasBankIsEmpty) {
   EXPECT_EQ(expert.bias().size(), 0);
   // The weights do not depend on whether biases are drawn after them.
   EXPECT_EQ(expert.weight().all(), make_expert<S>(/*bias=*/true).weight().all());
+}
+
+// Backward against central finite differences in double.
+TEST(LinearExpertGrad, MatchesFiniteDifferencesWithAndWithoutBias) {
+  static_assert(moe::TrainableExpert<moe::LinearExpert<double>>);
+  for (const bool bias : {false, true}) {
+    const moe::testing::GradCheckResult result = moe::testing::check_expert(make_expert<double>(bias), 5, 4);
+    EXPECT_TRUE(result.ok) << "bias = " << bias << "\n" << result.log;
+  }
 }
 
 }  // namespace

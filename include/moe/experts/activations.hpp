@@ -1,6 +1,7 @@
 // Elementwise activations of the expert hidden layer. Each is a policy type with
-//   apply(a): the activation of an Eigen array expression (vectorised where Eigen can), and
-//   name:     how it is spelled in configs and messages.
+//   apply(a):      the activation of an Eigen array expression (vectorised where Eigen can),
+//   derivative(a): its derivative at a, for backward, and
+//   name:          how it is spelled in configs and messages.
 // Formulas follow torch.nn.functional (relu, gelu, gelu(approximate="tanh"), silu).
 #pragma once
 
@@ -17,6 +18,12 @@ struct Relu {
   static auto apply(const Eigen::ArrayBase<A>& a) {
     return a.cwiseMax(typename A::Scalar(0));
   }
+  // 1 for a > 0, else 0 (torch's choice at 0).
+  template <class A>
+  static auto derivative(const Eigen::ArrayBase<A>& a) {
+    using S = typename A::Scalar;
+    return (a > S(0)).template cast<S>();
+  }
 };
 
 // GELU, exact form: x · Φ(x) = x/2 · (1 + erf(x/√2)).
@@ -26,6 +33,15 @@ struct Gelu {
   static auto apply(const Eigen::ArrayBase<A>& a) {
     using S = typename A::Scalar;
     return a.unaryExpr([](S x) { return S(0.5) * x * (S(1) + std::erf(x * S(std::numbers::sqrt2 / 2))); });
+  }
+  // Φ(x) + x·φ(x), φ the standard normal density.
+  template <class A>
+  static auto derivative(const Eigen::ArrayBase<A>& a) {
+    using S = typename A::Scalar;
+    return a.unaryExpr([](S x) {
+      const S pdf = S(std::numbers::inv_sqrtpi / std::numbers::sqrt2) * std::exp(S(-0.5) * x * x);
+      return S(0.5) * (S(1) + std::erf(x * S(std::numbers::sqrt2 / 2))) + x * pdf;
+    });
   }
 };
 
@@ -38,6 +54,16 @@ struct GeluTanh {
     const S c = S(std::numbers::sqrt2 * std::numbers::inv_sqrtpi);  // √(2/π)
     return S(0.5) * a * (S(1) + (c * (a + S(0.044715) * a.cube())).tanh());
   }
+  // With t = tanh(u), u = c·(x + 0.044715 x³):  (1 + t)/2 + x/2 · (1 − t²) · c · (1 + 3·0.044715 x²).
+  template <class A>
+  static auto derivative(const Eigen::ArrayBase<A>& a) {
+    using S = typename A::Scalar;
+    return a.unaryExpr([](S x) {
+      const S c = S(std::numbers::sqrt2 * std::numbers::inv_sqrtpi);
+      const S t = std::tanh(c * (x + S(0.044715) * x * x * x));
+      return S(0.5) * (S(1) + t) + S(0.5) * x * (S(1) - t * t) * c * (S(1) + S(3 * 0.044715) * x * x);
+    });
+  }
 };
 
 // SiLU (swish): x · σ(x) = x / (1 + e^{-x}).
@@ -47,6 +73,15 @@ struct Silu {
   static auto apply(const Eigen::ArrayBase<A>& a) {
     using S = typename A::Scalar;
     return a / (S(1) + (-a).exp());
+  }
+  // σ(x) · (1 + x · (1 − σ(x))).
+  template <class A>
+  static auto derivative(const Eigen::ArrayBase<A>& a) {
+    using S = typename A::Scalar;
+    return a.unaryExpr([](S x) {
+      const S sigma = S(1) / (S(1) + std::exp(-x));
+      return sigma * (S(1) + x * (S(1) - sigma));
+    });
   }
 };
 
