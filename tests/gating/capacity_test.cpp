@@ -263,3 +263,16 @@ TYPED_TEST(CapacityTest, GateTopTwoTokenOrderAgainstTheReference) {
 }
 
 }  // namespace
+
+namespace {
+
+// Decimal factors give the capacity their decimal value: 1.1 · 25 · 4 / 2 = 55 exactly, although
+// the double product is 55.000000000000007.
+TEST(ExpertCapacity, DecimalFactorsAreNotRoundedUpByFloatingPointError) {
+  EXPECT_EQ(moe::expert_capacity({.factor = 1.1}, 25, 4, 2), 55);
+  EXPECT_EQ(moe::expert_capacity({.factor = 1.1}, 25, 4, 3), 37);  // 36.67 still rounds up
+  moe::ExpertChoiceGate<float> gate({.d_model = 4, .num_experts = 2, .capacity_factor = 1.1});
+  EXPECT_EQ(gate.capacity(100), 55);
+}
+
+}  // namespace

@@ -42,13 +42,17 @@ inline void check_capacity(const Capacity& c, std::string_view who) {
   check_config(c.min_capacity >= 0, who, "min_capacity = ", c.min_capacity, " but must be >= 0");
 }
 
+// ceil(v) that ignores the last bits of rounding: 1.1 · 100 / 2 is 55.000000000000007 in double,
+// and a capacity factor of 1.1 must give 55 there, not 56.
+inline Index ceil_exact(double v) { return static_cast<Index>(std::ceil(v * (1.0 - 1e-12))); }
+
 }  // namespace detail
 
 // C for T tokens with k slots each over E experts (the formula above); T·k when dropless.
 inline Index expert_capacity(const Capacity& c, Index num_tokens, Index top_k, Index num_experts) {
   if (!c.factor) return num_tokens * top_k;
   const double ideal = *c.factor * static_cast<double>(num_tokens * top_k) / static_cast<double>(num_experts);
-  return std::max(c.min_capacity, static_cast<Index>(std::ceil(ideal)));
+  return std::max(c.min_capacity, detail::ceil_exact(ideal));
 }
 
 // Marks plan.dropped for every active assignment past its expert's capacity.

@@ -48,12 +48,33 @@ class DenseGate {
     plan.weight = plan.scores;
   }
 
+  using Gradients = DenseGate;  // gradients have the parameters' names and shapes
+  Gradients make_gradients() const {
+    DenseGate zeros = *this;
+    zeros.router_ = router_.zeros_like();
+    return zeros;
+  }
+  void collect_parameters(const std::string& prefix, ParameterList<S>& out) { router_.collect_parameters(prefix, out); }
+
+  // See the TrainableGate concept. weight = softmax(logits), so
+  //   d_logits += softmax backward of d_weight (slot e is expert e).
+  void backward(ConstMatrixRef<S> x, const RoutingPlan<S>& plan, const RouterGradients<S>& grads, MatrixRef<S> d_x,
+                Gradients& param_grads) {
+    d_logits_ = grads.d_logits;
+    for (Index t = 0; t < x.rows(); ++t) {
+      auto row = d_logits_.row(t);
+      kernels::softmax_backward_add(plan.scores.row(t), grads.d_weight.row(t), row);
+    }
+    router_.backward(x, d_logits_, d_x, param_grads.router_);
+  }
+
   Router<S>& router() { return router_; }
   const Router<S>& router() const { return router_; }
 
  private:
   DenseGateConfig config_;
   Router<S> router_;
+  RowMatrix<S> d_logits_;
 };
 
 }  // namespace moe

@@ -5,6 +5,7 @@
 // slot e holds expert e (weight = its score) or kEmptySlot.
 #pragma once
 
+#include "moe/gating/capacity.hpp"
 #include "moe/gating/router.hpp"
 #include "moe/kernels/softmax.hpp"
 #include "moe/kernels/top_k.hpp"
@@ -48,7 +49,7 @@ class ExpertChoiceGate {
   // Tokens each expert takes for a batch of T tokens.
   Index capacity(Index num_tokens) const {
     const double ideal = config_.capacity_factor * static_cast<double>(num_tokens) / static_cast<double>(num_experts());
-    return std::min(num_tokens, static_cast<Index>(std::ceil(ideal)));
+    return std::min(num_tokens, detail::ceil_exact(ideal));
   }
 
   // See the Gate concept. Deterministic in both modes.
@@ -71,13 +72,37 @@ class ExpertChoiceGate {
     }
   }
 
+  using Gradients = ExpertChoiceGate;  // gradients have the parameters' names and shapes
+  Gradients make_gradients() const {
+    ExpertChoiceGate zeros = *this;
+    zeros.router_ = router_.zeros_like();
+    return zeros;
+  }
+  void collect_parameters(const std::string& prefix, ParameterList<S>& out) { router_.collect_parameters(prefix, out); }
+
+  // See the TrainableGate concept. weight(t, e) = scores(t, e) for the chosen (t, e), so
+  //   d_logits += softmax backward of d_weight (zero on empty slots). The choice gets no gradient.
+  void backward(ConstMatrixRef<S> x, const RoutingPlan<S>& plan, const RouterGradients<S>& grads, MatrixRef<S> d_x,
+                Gradients& param_grads) {
+    d_logits_ = grads.d_logits;
+    d_scores_.resize(num_experts());
+    for (Index t = 0; t < x.rows(); ++t) {
+      for (Index e = 0; e < num_experts(); ++e)
+        d_scores_[e] = plan.expert(t, e) == kEmptySlot ? S(0) : grads.d_weight(t, e);
+      auto row = d_logits_.row(t);
+      kernels::softmax_backward_add(plan.scores.row(t), d_scores_.transpose(), row);
+    }
+    router_.backward(x, d_logits_, d_x, param_grads.router_);
+  }
+
   Router<S>& router() { return router_; }
   const Router<S>& router() const { return router_; }
 
  private:
   ExpertChoiceGateConfig config_;
   Router<S> router_;
-  Vector<S> column_;
+  Vector<S> column_, d_scores_;
+  RowMatrix<S> d_logits_;
   std::vector<std::int32_t> chosen_;
 };
 

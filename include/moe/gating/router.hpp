@@ -5,6 +5,7 @@
 
 #include "moe/errors.hpp"
 #include "moe/random.hpp"
+#include "moe/train/parameters.hpp"
 #include "moe/types.hpp"
 
 #include <stdexcept>
@@ -41,6 +42,28 @@ class Router {
     for (Index t = 0; t < logits.rows(); ++t)
       if (!logits.row(t).allFinite())
         MOE_THROW(std::domain_error(detail::concat(who, ": router logits of token ", t, " are not finite")));
+  }
+
+  // d_x = d_logits·Wg (overwritten); grads.weight += d_logitsᵀ·x; grads.bias += Σ_t d_logits.
+  //   x: [T, d_model] (what the router saw);  d_logits: [T, E];  d_x: [T, d_model]
+  void backward(ConstMatrixRef<S> x, ConstMatrixRef<S> d_logits, MatrixRef<S> d_x, Router& grads) const {
+    grads.weight_.noalias() += d_logits.transpose() * x;
+    if (has_bias_) grads.bias_ += d_logits.colwise().sum().transpose();
+    d_x.noalias() = d_logits * weight_;
+  }
+
+  // A router of the same shape with every parameter zero (its gradients).
+  Router zeros_like() const {
+    Router zeros;
+    zeros.weight_.setZero(weight_.rows(), weight_.cols());
+    zeros.bias_.setZero(bias_.size());
+    zeros.has_bias_ = has_bias_;
+    return zeros;
+  }
+
+  void collect_parameters(const std::string& prefix, ParameterList<S>& out) {
+    add_parameter(out, prefix, "weight", weight_);
+    add_parameter(out, prefix, "bias", bias_);
   }
 
   RowMatrix<S>& weight() { return weight_; }

@@ -76,14 +76,16 @@ class TopKGate {
     plan.reset(T, k, E);
     const bool training = mode == Mode::training;
     if (training && config_.jitter > 0) {
-      jittered_ = x;
-      for (Index i = 0; i < jittered_.size(); ++i)
-        jittered_.data()[i] *= S(uniform(noise_rng_, 1.0 - config_.jitter, 1.0 + config_.jitter));
+      plan.jittered = true;
+      plan.jitter.resize(T, d_model());
+      for (Index i = 0; i < plan.jitter.size(); ++i)
+        plan.jitter.data()[i] = S(uniform(noise_rng_, 1.0 - config_.jitter, 1.0 + config_.jitter));
+      jittered_ = x.cwiseProduct(plan.jitter);
       router_.project(jittered_, plan.logits, "TopKGate::route");
     } else {
       router_.project(x, plan.logits, "TopKGate::route");
     }
-    if (training && config_.noisy) add_noise(x, plan.logits);
+    if (training && config_.noisy) add_noise(x, plan);
 
     if (config_.scoring == Scoring::sigmoid)
       kernels::sigmoid<S>(plan.logits, plan.scores);
@@ -96,6 +98,43 @@ class TopKGate {
     if (config_.capacity.factor) {
       const Index capacity = expert_capacity(config_.capacity, T, k, E);
       apply_capacity(plan, capacity, config_.capacity.policy, order_, load_);
+    }
+  }
+
+  using Gradients = TopKGate;  // gradients have the parameters' names and shapes
+  Gradients make_gradients() const {
+    TopKGate zeros = *this;
+    zeros.router_ = router_.zeros_like();
+    zeros.noise_weight_.setZero();
+    zeros.selection_bias_.setZero();
+    return zeros;
+  }
+  // The selection bias is a buffer, not a parameter: it has its own update rule (loss/bias_update.hpp).
+  void collect_parameters(const std::string& prefix, ParameterList<S>& out) {
+    router_.collect_parameters(prefix, out);
+    add_parameter(out, prefix, "noise_weight", noise_weight_);
+  }
+
+  // See the TrainableGate concept. Through the combine weights (scale, normalisation, softmax or
+  // sigmoid; only the selected experts), plus grads.d_logits; noisy gating adds the path through
+  // softplus(x·W_noiseᵀ) (softplus' = 1 − e^{−softplus}); jitter scales the router's d_x.
+  void backward(ConstMatrixRef<S> x, const RoutingPlan<S>& plan, const RouterGradients<S>& grads, MatrixRef<S> d_x,
+                Gradients& param_grads) {
+    d_logits_ = grads.d_logits;
+    for (Index t = 0; t < x.rows(); ++t) weight_backward(plan, grads, t);
+    if (plan.jittered) {
+      jittered_ = x.cwiseProduct(plan.jitter);
+      router_.backward(jittered_, d_logits_, d_x, param_grads.router_);
+      d_x.array() *= plan.jitter.array();
+    } else {
+      router_.backward(x, d_logits_, d_x, param_grads.router_);
+    }
+    if (plan.noisy) {
+      d_noise_ = d_logits_.cwiseProduct(plan.noise);
+      if (grads.d_noise_std.size() > 0) d_noise_ += grads.d_noise_std;
+      d_noise_.array() *= S(1) - (-plan.noise_std.array()).exp();
+      param_grads.noise_weight_.noalias() += d_noise_.transpose() * x;
+      d_x.noalias() += d_noise_ * noise_weight_;
     }
   }
 
@@ -132,16 +171,58 @@ class TopKGate {
     return c;
   }
 
-  // logits += N(0,1) · softplus(x·W_noiseᵀ), drawn token by token in order (Shazeer et al. 2017, eq. 4).
-  void add_noise(ConstMatrixRef<S> x, MatrixRef<S> logits) {
-    noise_std_.noalias() = x * noise_weight_.transpose();
-    for (Index t = 0; t < logits.rows(); ++t)
-      for (Index e = 0; e < logits.cols(); ++e) {
-        const S v = noise_std_(t, e);
-        const S softplus = v > S(20) ? v : std::log1p(std::exp(v));
-        logits(t, e) += S(standard_normal(noise_rng_)) * softplus;
+  // logits += N(0,1) · softplus(x·W_noiseᵀ), drawn token by token in order (Shazeer et al. 2017,
+  // eq. 4); the draws and the standard deviations stay in the plan for backward and the load loss.
+  void add_noise(ConstMatrixRef<S> x, RoutingPlan<S>& plan) {
+    plan.noisy = true;
+    plan.noise.resize(x.rows(), num_experts());
+    plan.noise_std.noalias() = x * noise_weight_.transpose();
+    for (Index t = 0; t < x.rows(); ++t)
+      for (Index e = 0; e < num_experts(); ++e) {
+        const S v = plan.noise_std(t, e);
+        plan.noise_std(t, e) = v > S(20) ? v : std::log1p(std::exp(v));
+        plan.noise(t, e) = S(standard_normal(noise_rng_));
+        plan.logits(t, e) += plan.noise(t, e) * plan.noise_std(t, e);
       }
-    Router<S>::check_finite(logits, "TopKGate::route");
+    Router<S>::check_finite(plan.logits, "TopKGate::route");
+  }
+
+  // Adds ∂L/∂logits of token t that flows through its k combine weights into d_logits_.
+  //   weights w = scale · normalise(p), p = the selected scores (or softmax of the selected
+  //   logits for Scoring::softmax_selected); selection itself has no gradient.
+  void weight_backward(const RoutingPlan<S>& plan, const RouterGradients<S>& grads, Index t) {
+    const Index k = config_.top_k;
+    const std::int32_t* ids = plan.expert.row(t).data();
+    const S scale = S(config_.scale);
+    auto d_z = d_logits_.row(t);
+    if (config_.scoring == Scoring::softmax_selected) {
+      S dot = 0;  // ⟨d_p, p⟩ with p = w / scale, d_p = scale · d_w
+      for (Index j = 0; j < k; ++j) dot += grads.d_weight(t, j) * plan.weight(t, j);
+      for (Index j = 0; j < k; ++j) d_z[ids[j]] += plan.weight(t, j) * (grads.d_weight(t, j) - dot / scale);
+      return;
+    }
+    // d_p_j for the selected scores p_j; normalised: w̃_j = p_j / D, d_p_j = (d_w̃_j − ⟨d_w̃, w̃⟩) / D.
+    d_selected_.resize(k);
+    if (config_.normalize) {
+      S sum = 0, dot = 0;
+      for (Index j = 0; j < k; ++j) sum += plan.scores(t, ids[j]);
+      const S denominator = config_.scoring == Scoring::sigmoid ? sum + S(1e-20) : sum;
+      for (Index j = 0; j < k; ++j) dot += grads.d_weight(t, j) * plan.weight(t, j);  // = scale² ⟨d_w̃, w̃⟩ / scale
+      for (Index j = 0; j < k; ++j) d_selected_[j] = (scale * grads.d_weight(t, j) - dot) / denominator;
+    } else {
+      for (Index j = 0; j < k; ++j) d_selected_[j] = scale * grads.d_weight(t, j);
+    }
+    if (config_.scoring == Scoring::sigmoid) {
+      for (Index j = 0; j < k; ++j) {
+        const S s = plan.scores(t, ids[j]);
+        d_z[ids[j]] += d_selected_[j] * s * (S(1) - s);
+      }
+    } else {  // softmax over all experts: d_z = s ⊙ (d_s − ⟨d_s, s⟩), d_s zero off the selection
+      S dot = 0;
+      for (Index j = 0; j < k; ++j) dot += d_selected_[j] * plan.scores(t, ids[j]);
+      d_z -= dot * plan.scores.row(t);
+      for (Index j = 0; j < k; ++j) d_z[ids[j]] += d_selected_[j] * plan.scores(t, ids[j]);
+    }
   }
 
   // Fills the k slots of token t from plan.logits/plan.scores.
@@ -196,7 +277,8 @@ class TopKGate {
   RowMatrix<S> noise_weight_;
   Generator noise_rng_;
   // Scratch reused across calls so that the steady state does not allocate.
-  RowMatrix<S> jittered_, noise_std_;
+  RowMatrix<S> jittered_, d_logits_, d_noise_;
+  Vector<S> d_selected_;
   Vector<S> choice_, group_value_;
   std::vector<std::int32_t> group_ids_;
   std::vector<Index> order_, load_;

@@ -32,6 +32,14 @@ typename Derived::Scalar log_sum_exp(const Eigen::MatrixBase<Derived>& z) {
   return max + std::log((z.array() - max).exp().sum());
 }
 
+// Softmax backward of one row: d_z = s ⊙ (d_s − ⟨d_s, s⟩), added into d_z.
+//   s, d_s, d_z: [E] (d_z accumulated)
+template <class A, class B, class C>
+void softmax_backward_add(const Eigen::MatrixBase<A>& s, const Eigen::MatrixBase<B>& d_s, Eigen::MatrixBase<C>& d_z) {
+  const auto dot = d_s.dot(s);
+  d_z.array() += s.array() * (d_s.array() - dot);
+}
+
 // Softmax of a short vector in place (used for the selected logits of one token).
 template <class S>
 void softmax_inplace(S* values, Index n) {
