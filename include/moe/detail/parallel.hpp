@@ -14,10 +14,18 @@
 
 namespace moe::detail {
 
+#ifdef _OPENMP
+// OpenMP's default thread count as it was before the outermost EigenSingleThreaded on this thread
+// lowered it to 1 (0 while none is alive).
+inline thread_local int outer_default_threads = 0;
+#endif
+
 // Threads the layer uses when asked for `requested` (0: OpenMP's default; 1 without OpenMP).
+// Inside an EigenSingleThreaded scope, "OpenMP's default" still means the default outside it.
 inline int resolve_threads(int requested) {
 #ifdef _OPENMP
-  return requested > 0 ? requested : omp_get_max_threads();
+  if (requested > 0) return requested;
+  return outer_default_threads > 0 ? outer_default_threads : omp_get_max_threads();
 #else
   (void)requested;
   return 1;
@@ -29,8 +37,14 @@ inline int resolve_threads(int requested) {
 class EigenSingleThreaded {
  public:
 #ifdef _OPENMP
-  EigenSingleThreaded() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
-  ~EigenSingleThreaded() { omp_set_num_threads(saved_); }
+  EigenSingleThreaded() : saved_(omp_get_max_threads()), saved_outer_(outer_default_threads) {
+    if (outer_default_threads == 0) outer_default_threads = saved_;
+    omp_set_num_threads(1);
+  }
+  ~EigenSingleThreaded() {
+    omp_set_num_threads(saved_);
+    outer_default_threads = saved_outer_;
+  }
 #else
   EigenSingleThreaded() = default;  // the deleted copy constructor suppresses the implicit one
 #endif
@@ -39,6 +53,7 @@ class EigenSingleThreaded {
 
  private:
   [[maybe_unused]] int saved_ = 1;
+  [[maybe_unused]] int saved_outer_ = 0;
 };
 
 // Calls body(item, thread) for item in [0, num_items) on `threads` threads (dynamic schedule).
