@@ -183,6 +183,27 @@ TEST(LayerThreads, ForwardRestoresOpenMPsThreadCount) {
   EXPECT_EQ(omp_get_max_threads(), before);
 }
 
+// "0: OpenMP's default" must keep meaning the default outside the single-threaded Eigen scope
+// that the layer opens before it spreads its work.
+TEST(LayerThreads, DefaultIsResolvedOutsideTheEigenSingleThreadedScope) {
+  const int before = omp_get_max_threads();
+  omp_set_num_threads(3);
+  {
+    const detail::EigenSingleThreaded outer;
+    EXPECT_EQ(omp_get_max_threads(), 1);
+    EXPECT_EQ(detail::resolve_threads(0), 3);
+    EXPECT_EQ(detail::resolve_threads(2), 2);
+    {
+      const detail::EigenSingleThreaded nested;
+      EXPECT_EQ(detail::resolve_threads(0), 3);
+    }
+    EXPECT_EQ(detail::resolve_threads(0), 3);
+  }
+  EXPECT_EQ(omp_get_max_threads(), 3);
+  EXPECT_EQ(detail::resolve_threads(0), 3);
+  omp_set_num_threads(before);
+}
+
 #endif  // _OPENMP
 
 TEST(ParallelFor, RunsEveryItemOnceOnAnyThreadCount) {
