@@ -24,13 +24,16 @@
 #include "moe/loss/bias_update.hpp"
 #include "moe/loss/importance_load.hpp"
 #include "moe/loss/load_balancing.hpp"
+#include "moe/loss/mixture.hpp"
 #include "moe/loss/router_z_loss.hpp"
 #include "moe/loss/sequence_balance.hpp"
 
+#include "moe/layer/layer_cache.hpp"
 #include "moe/layer/routing_stats.hpp"
 #include "moe/layer/shared_experts.hpp"
 #include "moe/layer/sparse_moe.hpp"
 
 // Training
 #include "moe/train/adam.hpp"
+#include "moe/train/parameters.hpp"
 #include "moe/train/sgd.hpp"

@@ -105,7 +105,7 @@ TYPED_TEST(CombineTest, HandBuiltPlanMatchesPerTokenLoop) {
   const RowMatrix<S> out = run_stand_in_experts(x, d, kExperts);
   // y is overwritten: NaN before the call must not survive anywhere, not even in token 4.
   RowMatrix<S> y = RowMatrix<S>::Constant(kTokens, kModel, std::numeric_limits<S>::quiet_NaN());
-  moe::kernels::combine<S>(plan, d, out, y);
+  moe::kernels::combine<S>(plan.weight, d, out, y);
   ASSERT_TRUE(y.allFinite());
   MOE_EXPECT_CLOSE(S, y, reference_combine(plan, x));
   EXPECT_TRUE(y.row(4).isZero(0)) << "a token with no active slot gets zero";
@@ -130,7 +130,7 @@ TYPED_TEST(CombineTest, RandomPlansMatchPerTokenLoop) {
       const RowMatrix<S> x = moe::test::random_matrix<S>(s.T, kModel, 10 + seed);
       const RowMatrix<S> out = run_stand_in_experts(x, d, s.E);
       RowMatrix<S> y = RowMatrix<S>::Constant(s.T, kModel, std::numeric_limits<S>::quiet_NaN());
-      moe::kernels::combine<S>(plan, d, out, y);
+      moe::kernels::combine<S>(plan.weight, d, out, y);
       ASSERT_TRUE(y.allFinite());
       MOE_EXPECT_CLOSE(S, y, reference_combine(plan, x));
     }
@@ -144,7 +144,7 @@ TYPED_TEST(CombineTest, ReadsExpertOutputThroughTheRowMapping) {
   moe::kernels::build_dispatch(plan, d);
   const RowMatrix<S> out = moe::test::random_matrix<S>(d.num_rows(), kModel, 2);
   RowMatrix<S> y(kTokens, kModel);
-  moe::kernels::combine<S>(plan, d, out, y);
+  moe::kernels::combine<S>(plan.weight, d, out, y);
   // Rows by hand (see dispatch_test): (0,0)→4 (0,1)→0, (5,0)→2 (5,1)→8, (2,0)→1, token 4 none.
   RowMatrix<double> expected = RowMatrix<double>::Zero(3, kModel);
   for (Index c = 0; c < kModel; ++c) {
@@ -166,7 +166,7 @@ TYPED_TEST(CombineTest, ZeroTokens) {
   moe::kernels::build_dispatch(plan, d);
   const RowMatrix<S> out(0, kModel);
   RowMatrix<S> y(0, kModel);
-  moe::kernels::combine<S>(plan, d, out, y);
+  moe::kernels::combine<S>(plan.weight, d, out, y);
   EXPECT_EQ(y.rows(), 0);
 }
 
@@ -179,7 +179,7 @@ TYPED_TEST(CombineTest, WritesIntoARowBlock) {
   const RowMatrix<S> out = run_stand_in_experts(x, d, kExperts);
   const S sentinel = S(-77);
   RowMatrix<S> big = RowMatrix<S>::Constant(kTokens + 3, kModel, sentinel);
-  moe::kernels::combine<S>(plan, d, out, big.middleRows(1, kTokens));
+  moe::kernels::combine<S>(plan.weight, d, out, big.middleRows(1, kTokens));
   MOE_EXPECT_CLOSE(S, big.middleRows(1, kTokens), reference_combine(plan, x));
   EXPECT_TRUE((big.row(0).array() == sentinel).all());
   EXPECT_TRUE((big.bottomRows(2).array() == sentinel).all());

@@ -7,17 +7,17 @@
 namespace moe::kernels {
 
 // y[t] = Σ_{j < k, active} weight[t, j] · expert_out[row[t·k + j]]     (j ascending)
-//   expert_out: [rows, d] dispatch order;  plan: [T, k];  y: [T, d] (overwritten)
+//   weight: [T, k] (the plan's combine weights; all ones to sum a token's rows in backward)
+//   expert_out: [rows, d] dispatch order;  y: [T, d] (overwritten)
 template <class S>
-void combine(const RoutingPlan<S>& plan, const DispatchPlan& dispatch, ConstMatrixRef<S> expert_out,
-             MatrixRef<S> y) {
-  const Index k = plan.slots_per_token();
+void combine(ConstMatrixRef<S> weight, const DispatchPlan& dispatch, ConstMatrixRef<S> expert_out, MatrixRef<S> y) {
+  const Index k = weight.cols();
   for (Index t = 0; t < y.rows(); ++t) {
     auto y_t = y.row(t);
     y_t.setZero();
     for (Index j = 0; j < k; ++j) {
       const auto r = dispatch.row[t * k + j];
-      if (r != kEmptySlot) y_t.noalias() += plan.weight(t, j) * expert_out.row(r);
+      if (r != kEmptySlot) y_t.noalias() += weight(t, j) * expert_out.row(r);
     }
   }
 }

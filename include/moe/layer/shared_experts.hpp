@@ -22,6 +22,23 @@ class SharedExperts {
  public:
   using S = typename X::Scalar;
 
+  // What a training forward keeps for backward.
+  struct Cache {
+    RowMatrix<S> sum;                 // [T, d_model]  Σ_s expert_s(x), before the gate
+    Vector<S> gate;                   // [T]           σ(x·w_gateᵀ) (gated only)
+    detail::AlignedVector<S> saved;   // each (tile, expert)'s forward working memory
+  };
+
+  // Gradients: the same names and shapes as the parameters.
+  struct Gradients {
+    typename X::Gradients experts;
+    RowMatrix<S> gate_weight;
+    void collect_parameters(const std::string& prefix, ParameterList<S>& out) {
+      experts.collect_parameters(prefix, out);
+      add_parameter(out, prefix, "gate_weight", gate_weight);
+    }
+  };
+
   // experts: every expert of the bank runs on every token. gated: Qwen2-MoE's sigmoid gate,
   // initialised like torch.nn.Linear(d_model, 1) from Generator(seed).
   explicit SharedExperts(X experts, bool gated = false, std::uint64_t seed = 0)
@@ -38,33 +55,83 @@ class SharedExperts {
   bool gated() const { return gated_; }
 
   // y[t] += g_t · Σ_s expert_s(x[t])   (s ascending), g_t = σ(⟨x[t], w_gate⟩) or 1.
-  //   x: [T, d_model];  y: [T, d_model] (accumulated)
+  //   x: [T, d_model];  y: [T, d_model] (accumulated);  cache: nullptr, or filled for backward.
   // Rows are processed in fixed tiles, so the bits do not depend on the thread count.
-  void forward_add(ConstMatrixRef<S> x, MatrixRef<S> y, int threads) {
-    const Index T = x.rows(), d = d_model();
-    const Index tiles = (T + kTileRows - 1) / kTileRows;
+  void forward_add(ConstMatrixRef<S> x, MatrixRef<S> y, int threads, Cache* cache = nullptr) {
+    const Index T = x.rows(), d = d_model(), tiles = num_tiles(T);
     const Index scratch = experts_.scratch_size(std::min(T, kTileRows));
-    const Index per_thread = 2 * kTileRows * d + kTileRows + scratch;  // sum, out, gate, expert scratch
+    const Index per_thread = 2 * kTileRows * d + kTileRows + (cache ? 0 : scratch);  // sum, out, gate, scratch
     threads = static_cast<int>(std::max<Index>(1, std::min<Index>(threads, tiles)));
     workspace_.resize(static_cast<std::size_t>(per_thread * threads));
+    if (cache) {
+      cache->sum.resize(T, d);
+      cache->gate.resize(gated_ ? T : 0);
+      cache->saved.resize(static_cast<std::size_t>(tiles * num_experts() * scratch));
+    }
     detail::parallel_for(tiles, threads, [&](Index tile, int thread) {
       const Index begin = tile * kTileRows, n = std::min(kTileRows, T - begin);
       S* base = workspace_.data() + thread * per_thread;
       Eigen::Map<RowMatrix<S>> sum(base, n, d), out(base + kTileRows * d, n, d);
       Eigen::Map<Vector<S>> gate(base + 2 * kTileRows * d, n);
-      const std::span<S> expert_scratch(base + 2 * kTileRows * d + kTileRows, static_cast<std::size_t>(scratch));
       const auto x_tile = x.middleRows(begin, n);
       for (Index s = 0; s < num_experts(); ++s) {
-        experts_.forward(s, x_tile, s == 0 ? sum : out, expert_scratch);
+        S* memory = cache ? cache->saved.data() + (tile * num_experts() + s) * scratch : base + 2 * kTileRows * d + kTileRows;
+        experts_.forward(s, x_tile, s == 0 ? sum : out, std::span<S>(memory, static_cast<std::size_t>(scratch)));
         if (s > 0) sum += out;
       }
+      if (cache) cache->sum.middleRows(begin, n) = sum;
       if (gated_) {
         gate.noalias() = x_tile * gate_weight_.row(0).transpose();
         gate = (S(1) + (-gate.array()).exp()).inverse().matrix();
         sum.array().colwise() *= gate.array();
+        if (cache) cache->gate.segment(begin, n) = gate;
       }
       y.middleRows(begin, n) += sum;
     });
+  }
+
+  // d_x += ∂⟨y, d_y⟩/∂x through the shared experts; grads += ∂⟨y, d_y⟩/∂θ.
+  //   requires: cache filled by forward_add(x, ·, ·, &cache) on this x; d_y, d_x: [T, d_model].
+  // One work item per shared expert (it owns its gradients); their d_x add up in expert order.
+  void backward(ConstMatrixRef<S> x, const Cache& cache, ConstMatrixRef<S> d_y, MatrixRef<S> d_x, Gradients& grads,
+                int threads) {
+    const Index T = x.rows(), d = d_model(), tiles = num_tiles(T), E = num_experts();
+    const Index scratch = experts_.scratch_size(std::min(T, kTileRows));
+    const Index back_scratch = experts_.backward_scratch_size(std::min(T, kTileRows));
+    d_sum_ = d_y;
+    if (gated_) {
+      // y += g ⊙ sum:  ∂/∂sum = g ⊙ d_y;  ∂/∂u = ⟨d_y, sum⟩ · g (1 − g) for u = x·w_gateᵀ.
+      const Vector<S> d_u = (d_y.cwiseProduct(cache.sum).rowwise().sum().array() * cache.gate.array() *
+                             (S(1) - cache.gate.array())).matrix();
+      grads.gate_weight.row(0).noalias() += d_u.transpose() * x;
+      d_x.noalias() += d_u * gate_weight_.row(0);
+      d_sum_.array().colwise() *= cache.gate.array();
+    }
+    threads = static_cast<int>(std::max<Index>(1, std::min<Index>(threads, E)));
+    d_x_expert_.resize(E * T, d);
+    back_workspace_.resize(static_cast<std::size_t>(back_scratch * threads));
+    detail::parallel_for(E, threads, [&](Index s, int thread) {
+      const std::span<S> work(back_workspace_.data() + thread * back_scratch, static_cast<std::size_t>(back_scratch));
+      for (Index tile = 0; tile < tiles; ++tile) {
+        const Index begin = tile * kTileRows, n = std::min(kTileRows, T - begin);
+        const std::span<const S> saved(cache.saved.data() + (tile * E + s) * scratch,
+                                       static_cast<std::size_t>(scratch));
+        experts_.backward(s, x.middleRows(begin, n), saved, d_sum_.middleRows(begin, n),
+                          d_x_expert_.middleRows(s * T + begin, n), grads.experts, work);
+      }
+    });
+    for (Index s = 0; s < E; ++s) d_x += d_x_expert_.middleRows(s * T, T);
+  }
+
+  Gradients make_gradients() const
+    requires TrainableExpert<X>
+  {
+    return {experts_.make_gradients(), RowMatrix<S>::Zero(gate_weight_.rows(), gate_weight_.cols())};
+  }
+
+  void collect_parameters(const std::string& prefix, ParameterList<S>& out) {
+    experts_.collect_parameters(prefix, out);
+    add_parameter(out, prefix, "gate_weight", gate_weight_);
   }
 
   X& experts() { return experts_; }
@@ -74,11 +141,13 @@ class SharedExperts {
 
  private:
   static constexpr Index kTileRows = 128;
+  static Index num_tiles(Index T) { return (T + kTileRows - 1) / kTileRows; }
 
   X experts_;
   bool gated_ = false;
   RowMatrix<S> gate_weight_;
-  detail::AlignedVector<S> workspace_;
+  detail::AlignedVector<S> workspace_, back_workspace_;
+  RowMatrix<S> d_sum_, d_x_expert_;
 };
 
 }  // namespace moe

@@ -1,21 +1,23 @@
-// SparseMoE: a sparse Mixture-of-Experts layer composed of an expert bank and a gate.
+// SparseMoE: a sparse Mixture-of-Experts layer composed of an expert bank, a gate, and optional
+// shared experts and auxiliary losses.
 //
 //   x [T, d_model] ─► gate.route ─► RoutingPlan [T, k] ─► build_dispatch (stable counting sort)
 //     ─► gather rows into the expert-major buffer [rows, d_model]
 //     ─► expert e on its contiguous block (experts in parallel, one work item each)
 //     ─► combine y[t] = Σ_j w[t, j] · out[row(t, j)] in slot order ─► + shared experts ─► stats
 //
-// The same inputs give the same bits for any thread count: each expert's block is computed by one
-// thread with single-threaded Eigen, and the combine order is fixed. Buffers grow to the largest
-// batch seen and are reused, so a steady state of equal batch sizes does not allocate.
+// Backward runs the same way in reverse (DESIGN.md §5). The same inputs give the same bits for
+// any thread count: each expert's block is computed by one thread with single-threaded Eigen,
+// each expert's gradients are owned by one work item, and every sum over slots has a fixed order.
+// Buffers grow to the largest batch seen and are reused: a steady state does not allocate.
 #pragma once
 
 #include "moe/concepts.hpp"
-#include "moe/detail/aligned_allocator.hpp"
 #include "moe/detail/parallel.hpp"
 #include "moe/errors.hpp"
 #include "moe/kernels/combine.hpp"
 #include "moe/kernels/dispatch.hpp"
+#include "moe/layer/layer_cache.hpp"
 #include "moe/layer/routing_stats.hpp"
 #include "moe/layer/shared_experts.hpp"
 
@@ -23,54 +25,171 @@
 #include <concepts>
 #include <optional>
 #include <span>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 namespace moe {
 
-struct LayerOptions {
-  int num_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS); ignored without OpenMP
-};
-
-template <Expert X, Gate G>
-  requires std::same_as<typename X::Scalar, typename G::Scalar>
+template <Expert X, Gate G, AuxLoss... Losses>
+  requires std::same_as<typename X::Scalar, typename G::Scalar> &&
+           (std::same_as<typename X::Scalar, typename Losses::Scalar> && ...)
 class SparseMoE {
  public:
   using Scalar = typename X::Scalar;
   using S = Scalar;
+  using Cache = LayerCache<S, SharedExperts<X>>;
 
-  SparseMoE(G gate, X experts, LayerOptions options = {})
-      : gate_(std::move(gate)), experts_(std::move(experts)), options_(options) {
+  // Gradients of every parameter, with the names and shapes of parameters().
+  struct Gradients {
+    typename G::Gradients gate;
+    typename X::Gradients experts;
+    std::optional<typename SharedExperts<X>::Gradients> shared;
+
+    ParameterList<S> parameters() {
+      ParameterList<S> out;
+      gate.collect_parameters("gate.", out);
+      experts.collect_parameters("experts.", out);
+      if (shared) shared->collect_parameters("shared_experts.", out);
+      return out;
+    }
+  };
+
+  // The auxiliary losses, if any, follow the parts in the order of the template arguments.
+  explicit SparseMoE(G gate, X experts, Losses... losses)
+      : gate_(std::move(gate)), experts_(std::move(experts)), losses_(std::move(losses)...) {
     check_parts();
   }
 
-  SparseMoE(G gate, X experts, SharedExperts<X> shared, LayerOptions options = {})
-      : gate_(std::move(gate)), experts_(std::move(experts)), shared_(std::move(shared)), options_(options) {
+  SparseMoE(G gate, X experts, SharedExperts<X> shared, Losses... losses)
+      : gate_(std::move(gate)), experts_(std::move(experts)), shared_(std::move(shared)), losses_(std::move(losses)...) {
     check_parts();
   }
 
   Index d_model() const { return experts_.d_model(); }
   Index num_experts() const { return experts_.num_experts(); }
 
-  // y = MoE(x)
+  // Inference: y = MoE(x).
   //   requires: x: [T, d_model] row-major (T may be 0; a row block or Map binds without a copy;
   //             a column-major x does not compile — convert it explicitly); y: [T, d_model].
   //   ensures:  y overwritten; last_plan() and last_stats() describe this batch.
   //   throws:   shape_error on a wrong shape, std::domain_error if a router logit is not finite;
-  //             on a throw, y, the plan and the statistics are unchanged.
+  //             on a throw, y, last_plan() and last_stats() are unchanged.
   template <class Derived>
     requires RowMajorTokens<Derived> && std::same_as<typename Derived::Scalar, S>
   void forward(const Eigen::MatrixBase<Derived>& x, MatrixRef<S> y) {
-    forward_rows(ConstMatrixRef<S>(x.derived()), y);
+    forward_rows(ConstMatrixRef<S>(x.derived()), y, state_, /*training=*/false);
+  }
+
+  // Training forward: as above, and fills cache for backward(). mask: empty, or [T] with 0 for
+  // padding tokens (the auxiliary losses skip them). Returns Σ of the auxiliary losses (each
+  // already times its coefficient). Noise is drawn only when mode() is Mode::training.
+  template <class Derived>
+    requires RowMajorTokens<Derived> && std::same_as<typename Derived::Scalar, S>
+  double forward(const Eigen::MatrixBase<Derived>& x, MatrixRef<S> y, Cache& cache,
+                 std::span<const std::uint8_t> mask = {}) {
+    const ConstMatrixRef<S> rows(x.derived());
+    if (!mask.empty()) detail::check_dim("SparseMoE::forward", "mask.size()", Index(mask.size()), "x.rows()", rows.rows());
+    forward_rows(rows, y, cache, /*training=*/true);
+    cache.mask.assign(mask.begin(), mask.end());
+    return aux_losses(cache, nullptr);
+  }
+
+  // backward(cache, d_y, d_x, grads)
+  //   requires: cache filled by the training forward(x, y, cache) with these parameters;
+  //             d_y, d_x: [T, d_model].
+  //   ensures:  d_x = ∂(⟨y, d_y⟩ + aux losses)/∂x                 (overwritten)
+  //             grads += ∂(⟨y, d_y⟩ + aux losses)/∂θ              (accumulated)
+  //             The selection bias gets no gradient (it is updated by its own rule).
+  void backward(const Cache& cache, ConstMatrixRef<S> d_y, MatrixRef<S> d_x, Gradients& grads)
+    requires TrainableExpert<X> && TrainableGate<G>
+  {
+    constexpr const char* who = "SparseMoE::backward";
+    check_cache(cache, who);
+    detail::check_dim(who, "d_y.rows()", d_y.rows(), "x.rows()", cache.x.rows());
+    detail::check_dim(who, "d_y.cols()", d_y.cols(), "d_model", d_model());
+    // d_weight[t, j] = ⟨d_y[t], out[row(t, j)]⟩ and d_out[row(t, j)] = weight[t, j] · d_y[t].
+    const Index T = cache.x.rows(), k = cache.plan.slots_per_token(), rows = cache.dispatch.num_rows();
+    d_weight_.setZero(T, k);
+    grow(d_out_, rows, d_model());
+    for (Index t = 0; t < T; ++t)
+      for (Index j = 0; j < k; ++j)
+        if (const auto r = cache.dispatch.row[t * k + j]; r != kEmptySlot) {
+          d_weight_(t, j) = d_y.row(t).dot(cache.expert_out.row(r));
+          d_out_.row(r) = cache.plan.weight(t, j) * d_y.row(t);
+        }
+    backward_experts(cache, d_out_.topRows(rows), d_weight_, d_x, grads);
+    if (shared_) shared_->backward(cache.x, cache.shared, d_y, d_x, *grads.shared, threads());
+  }
+
+  // Backward from gradients with respect to each expert output (dispatch order) and each combine
+  // weight — for losses that look at the experts' outputs one by one (loss/mixture.hpp).
+  //   d_expert_out: [rows, d_model];  d_weight: [T, k];  d_x, grads as in backward()
+  //   (shared experts are not reached from here).
+  void backward_experts(const Cache& cache, ConstMatrixRef<S> d_expert_out, ConstMatrixRef<S> d_weight,
+                        MatrixRef<S> d_x, Gradients& grads)
+    requires TrainableExpert<X> && TrainableGate<G>
+  {
+    constexpr const char* who = "SparseMoE::backward";
+    check_cache(cache, who);
+    const Index T = cache.x.rows(), k = cache.plan.slots_per_token(), rows = cache.dispatch.num_rows();
+    detail::check_dim(who, "d_x.rows()", d_x.rows(), "x.rows()", T);
+    detail::check_dim(who, "d_x.cols()", d_x.cols(), "d_model", d_model());
+    detail::check_dim(who, "d_expert_out.rows()", d_expert_out.rows(), "dispatch rows", rows);
+    detail::check_dim(who, "d_weight.rows()", d_weight.rows(), "x.rows()", T);
+    detail::check_dim(who, "d_weight.cols()", d_weight.cols(), "slots", k);
+    const detail::EigenSingleThreaded single_threaded_eigen;
+
+    // Experts, one work item each; then d_x[t] = Σ_j d_rows[row(t, j)] in slot order.
+    grow(d_rows_, rows, d_model());
+    const auto& offset = cache.dispatch.offset;
+    run_on_active_experts(cache.dispatch, experts_.backward_scratch_size(max_rows(cache.dispatch)),
+                          [&](Index e, std::span<S> scratch) {
+      const Index begin = offset[e], n = offset[e + 1] - begin;
+      experts_.backward(e, cache.gathered.middleRows(begin, n), saved_block(cache, e), d_expert_out.middleRows(begin, n),
+                        d_rows_.middleRows(begin, n), grads.experts, scratch);
+    });
+    ones_.setOnes(T, k);
+    kernels::combine<S>(ones_, cache.dispatch, d_rows_.topRows(rows), d_x);
+
+    // Router: combine weights and auxiliary losses → the gate's backward → d_x.
+    router_grads_.reset(cache.plan);
+    router_grads_.d_weight = d_weight;
+    aux_losses(cache, &router_grads_);
+    grow(d_x_router_, T, d_model());
+    gate_.backward(cache.x, cache.plan, router_grads_, d_x_router_.topRows(T), grads.gate);
+    d_x += d_x_router_.topRows(T);
+  }
+
+  // Zero gradients shaped like the parameters.
+  Gradients make_gradients() const
+    requires TrainableExpert<X> && TrainableGate<G>
+  {
+    Gradients grads{gate_.make_gradients(), experts_.make_gradients(), std::nullopt};
+    if (shared_) grads.shared = shared_->make_gradients();
+    return grads;
+  }
+
+  // (name, view) of every trainable tensor: "gate.weight", "experts.w1", "shared_experts.w1", ...
+  ParameterList<S> parameters()
+    requires TrainableExpert<X> && TrainableGate<G>
+  {
+    ParameterList<S> out;
+    gate_.collect_parameters("gate.", out);
+    experts_.collect_parameters("experts.", out);
+    if (shared_) shared_->collect_parameters("shared_experts.", out);
+    return out;
   }
 
   const RoutingStats& last_stats() const { return stats_; }
-  const RoutingPlan<S>& last_plan() const { return plan_; }
+  const RoutingPlan<S>& last_plan() const { return last_plan_; }
 
   // Mode::training lets the gate draw noise (noisy top-k, jitter); inference is deterministic.
   void set_mode(Mode mode) { mode_ = mode; }
   Mode mode() const { return mode_; }
-  void set_num_threads(int threads) { options_.num_threads = threads; }
+  // Threads for the experts: 0 (the default) is OpenMP's default (OMP_NUM_THREADS); ignored
+  // without OpenMP. The result does not depend on it.
+  void set_num_threads(int threads) { num_threads_ = threads; }
 
   G& gate() { return gate_; }
   const G& gate() const { return gate_; }
@@ -78,6 +197,8 @@ class SparseMoE {
   const X& experts() const { return experts_; }
   SharedExperts<X>* shared() { return shared_ ? &*shared_ : nullptr; }
   const SharedExperts<X>* shared() const { return shared_ ? &*shared_ : nullptr; }
+  std::tuple<Losses...>& losses() { return losses_; }
+  const std::tuple<Losses...>& losses() const { return losses_; }
 
  private:
   void check_parts() const {
@@ -91,52 +212,86 @@ class SparseMoE {
                            shared_->d_model(), " but experts.d_model() = ", experts_.d_model());
   }
 
-  void forward_rows(ConstMatrixRef<S> x, MatrixRef<S> y) {
+  void check_cache(const Cache& cache, const char* who) const {
+    if (!cache.training) MOE_THROW(std::invalid_argument(detail::concat(who, ": the cache was not filled by a training forward")));
+  }
+
+  int threads() const { return detail::resolve_threads(num_threads_); }
+
+  void forward_rows(ConstMatrixRef<S> x, MatrixRef<S> y, Cache& state, bool training) {
     constexpr const char* who = "SparseMoE::forward";
     const Index d = d_model();
     detail::check_dim(who, "x.cols()", x.cols(), "d_model", d);
     detail::check_dim(who, "y.rows()", y.rows(), "x.rows()", x.rows());
     detail::check_dim(who, "y.cols()", y.cols(), "d_model", d);
-    // Resolve before EigenSingleThreaded sets OpenMP's default to 1, or "0: OpenMP's default"
-    // would always mean one thread.
-    const int threads = detail::resolve_threads(options_.num_threads);
     const detail::EigenSingleThreaded single_threaded_eigen;
+    state.training = false;
 
-    // Route into a scratch plan, so that a throw leaves the last plan and stats intact.
-    gate_.route(x, next_plan_, mode_);
-    MOE_ASSERT(next_plan_.num_tokens() == x.rows() && next_plan_.num_experts == num_experts());
-    kernels::build_dispatch(next_plan_, dispatch_);
-    const Index rows = dispatch_.num_rows();
-    grow(buffer_, rows, d);
-    grow(expert_out_, rows, d);
-    kernels::gather_rows<S>(x, dispatch_.token, buffer_.topRows(rows));
-    run_experts(threads);
-    kernels::combine<S>(next_plan_, dispatch_, expert_out_.topRows(rows), y);
-    if (shared_) shared_->forward_add(x, y, threads);
+    gate_.route(x, state.plan, mode_);
+    kernels::build_dispatch(state.plan, state.dispatch);
+    const Index rows = state.dispatch.num_rows();
+    grow(state.gathered, rows, d);
+    grow(state.expert_out, rows, d);
+    kernels::gather_rows<S>(x, state.dispatch.token, state.gathered.topRows(rows));
+    run_experts(state, training);
+    kernels::combine<S>(state.plan.weight, state.dispatch, state.expert_out.topRows(rows), y);
+    if (shared_) shared_->forward_add(x, y, threads(), training ? &state.shared : nullptr);
+    if (training) state.x = x;
 
-    std::swap(plan_, next_plan_);
-    compute_routing_stats(plan_, dispatch_, stats_);
+    state.training = training;
+    last_plan_ = state.plan;
+    compute_routing_stats(state.plan, state.dispatch, stats_);
   }
 
-  // expert_out[block of e] = expert_e(buffer[block of e]) for every expert with tokens.
-  void run_experts(int threads) {
-    active_.clear();
-    Index max_rows = 0;
-    for (Index e = 0; e < num_experts(); ++e)
-      if (const Index n = dispatch_.rows_of(e); n > 0) {
-        active_.push_back(e);
-        max_rows = std::max(max_rows, n);
-      }
-    if (active_.empty()) return;
-    threads = static_cast<int>(std::min<Index>(threads, static_cast<Index>(active_.size())));
-    const Index per_thread = experts_.scratch_size(max_rows);
-    scratch_.resize(static_cast<std::size_t>(per_thread * threads));
-    detail::parallel_for(static_cast<Index>(active_.size()), threads, [&](Index item, int thread) {
-      const Index e = active_[item], begin = dispatch_.offset[e], n = dispatch_.rows_of(e);
-      const std::span<S> scratch(scratch_.data() + thread * per_thread,
-                                 static_cast<std::size_t>(experts_.scratch_size(n)));
-      experts_.forward(e, buffer_.middleRows(begin, n), expert_out_.middleRows(begin, n), scratch);
+  // expert_out[block of e] = expert_e(gathered[block of e]) for every expert with tokens. In
+  // training each block keeps its own working memory for backward; otherwise threads share.
+  void run_experts(Cache& state, bool training) {
+    const DispatchPlan& dispatch = state.dispatch;
+    if (training) {
+      state.saved_offset.resize(static_cast<std::size_t>(num_experts() + 1));
+      state.saved_offset[0] = 0;
+      for (Index e = 0; e < num_experts(); ++e)
+        state.saved_offset[e + 1] = state.saved_offset[e] + experts_.scratch_size(dispatch.rows_of(e));
+      state.saved.resize(static_cast<std::size_t>(state.saved_offset.back()));
+    }
+    run_on_active_experts(dispatch, training ? 0 : experts_.scratch_size(max_rows(dispatch)),
+                          [&](Index e, std::span<S> scratch) {
+      const Index begin = dispatch.offset[e], n = dispatch.rows_of(e);
+      const std::span<S> memory = training ? saved_block(state, e) : scratch.first(experts_.scratch_size(n));
+      experts_.forward(e, state.gathered.middleRows(begin, n), state.expert_out.middleRows(begin, n), memory);
     });
+  }
+
+  // body(e, scratch) for every expert with rows, in parallel; scratch: per_thread scalars.
+  template <class Body>
+  void run_on_active_experts(const DispatchPlan& dispatch, Index per_thread, Body&& body) {
+    active_.clear();
+    for (Index e = 0; e < num_experts(); ++e)
+      if (dispatch.rows_of(e) > 0) active_.push_back(e);
+    const int n_threads = static_cast<int>(std::max<Index>(1, std::min<Index>(threads(), Index(active_.size()))));
+    scratch_.resize(static_cast<std::size_t>(per_thread * n_threads));
+    detail::parallel_for(static_cast<Index>(active_.size()), n_threads, [&](Index item, int thread) {
+      body(active_[item], std::span<S>(scratch_.data() + thread * per_thread, static_cast<std::size_t>(per_thread)));
+    });
+  }
+
+  static Index max_rows(const DispatchPlan& dispatch) {
+    Index most = 0;
+    for (std::size_t e = 0; e + 1 < dispatch.offset.size(); ++e) most = std::max(most, dispatch.rows_of(Index(e)));
+    return most;
+  }
+
+  template <class C>
+  static auto saved_block(C& cache, Index e) {
+    using Element = std::conditional_t<std::is_const_v<C>, const S, S>;
+    return std::span<Element>(cache.saved.data() + cache.saved_offset[e],
+                              static_cast<std::size_t>(cache.saved_offset[e + 1] - cache.saved_offset[e]));
+  }
+
+  // Σ over the losses of coefficient · value; adds their gradients into grads when given.
+  double aux_losses(const Cache& cache, RouterGradients<S>* grads) const {
+    return std::apply([&](const auto&... loss) { return (0.0 + ... + loss.evaluate(cache.plan, cache.mask, grads)); },
+                      losses_);
   }
 
   static void grow(RowMatrix<S>& m, Index rows, Index cols) {
@@ -146,15 +301,18 @@ class SparseMoE {
   G gate_;
   X experts_;
   std::optional<SharedExperts<X>> shared_;
-  LayerOptions options_;
+  std::tuple<Losses...> losses_;
+  int num_threads_ = 0;
   Mode mode_ = Mode::inference;
 
-  RoutingPlan<S> plan_, next_plan_;
-  DispatchPlan dispatch_;
+  Cache state_;                       // the inference forward's buffers
+  RoutingPlan<S> last_plan_;
   RoutingStats stats_;
-  RowMatrix<S> buffer_, expert_out_;  // [rows, d_model] dispatch order
   detail::AlignedVector<S> scratch_;  // per-thread expert scratch
   std::vector<Index> active_;
+  // backward's buffers
+  RowMatrix<S> d_weight_, d_out_, d_rows_, d_x_router_, ones_;
+  RouterGradients<S> router_grads_;
 };
 
 }  // namespace moe
