@@ -1,0 +1,147 @@
+// Whole files as read-only bytes (POSIX mmap, unmapped when the last owner goes) and whole files
+// written atomically (to "<path>.tmp", then renamed over <path>).
+#pragma once
+
+#include "moe/errors.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+namespace moe::detail {
+
+inline std::string errno_text(int error) { return std::system_category().message(error); }
+
+// Closes a POSIX file descriptor on scope exit.
+class FileDescriptor {
+ public:
+  explicit FileDescriptor(int fd) : fd_(fd) {}
+  FileDescriptor(const FileDescriptor&) = delete;
+  FileDescriptor& operator=(const FileDescriptor&) = delete;
+  ~FileDescriptor() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  // Closes now and reports close()'s errno (0 on success): a failed close can mean lost data.
+  int close() {
+    const int result = ::close(fd_);
+    fd_ = -1;
+    return result == 0 ? 0 : errno;
+  }
+
+ private:
+  int fd_;
+};
+
+// The read-only bytes of a whole file (memory-mapped) or a copied buffer. Shared by everything
+// that points into it (a file object, its zero-copy views), so the mapping outlives them all.
+// A mapped file must not be truncated by another process while mapped (the kernel would raise
+// SIGBUS on access); replace files by renaming, as write_file_atomically does.
+class ByteSource {
+ public:
+  ByteSource(const ByteSource&) = delete;
+  ByteSource& operator=(const ByteSource&) = delete;
+  ~ByteSource() {
+    if (mapped_) ::munmap(const_cast<std::byte*>(data_), size_);
+  }
+
+  // who: the caller's name for error messages ("SafetensorsFile::open").
+  static std::shared_ptr<const ByteSource> map_file(const std::filesystem::path& path,
+                                                    std::string_view who) {
+    const auto fail = [&](std::string_view what, int error) {
+      MOE_THROW(io_error(concat(who, ": ", path.string(), ": ", what, ": ", errno_text(error))));
+    };
+    FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) fail("cannot open", errno);
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) fail("cannot stat", errno);
+    if (!S_ISREG(st.st_mode))
+      MOE_THROW(io_error(concat(who, ": ", path.string(), ": not a regular file")));
+    std::shared_ptr<ByteSource> source(new ByteSource());
+    source->size_ = static_cast<std::size_t>(st.st_size);
+    if (source->size_ == 0) return source;
+    void* address = ::mmap(nullptr, source->size_, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    if (address != MAP_FAILED) {
+      source->data_ = static_cast<const std::byte*>(address);
+      source->mapped_ = true;
+      return source;
+    }
+    // Some file systems cannot map: read the file instead.
+    source->owned_.resize(source->size_);
+    std::size_t done = 0;
+    while (done < source->size_) {
+      const ssize_t n = ::read(fd.get(), source->owned_.data() + done, source->size_ - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail("cannot read", errno);
+      if (n == 0) break;  // shrank while we read: parse what is there (it will not validate)
+      done += static_cast<std::size_t>(n);
+    }
+    source->owned_.resize(done);
+    source->data_ = source->owned_.data();
+    source->size_ = done;
+    return source;
+  }
+
+  static std::shared_ptr<const ByteSource> copy_of(std::span<const std::byte> bytes) {
+    std::shared_ptr<ByteSource> source(new ByteSource());
+    source->owned_.assign(bytes.begin(), bytes.end());
+    source->data_ = source->owned_.data();
+    source->size_ = source->owned_.size();
+    return source;
+  }
+
+  std::span<const std::byte> bytes() const { return {data_, size_}; }
+  bool mapped() const { return mapped_; }
+
+ private:
+  ByteSource() = default;
+
+  const std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  bool mapped_ = false;
+  std::vector<std::byte> owned_;
+};
+
+// Writes the concatenation of `chunks` to `path` atomically: the bytes go to "<path>.tmp", are
+// flushed to disk, and the temporary is renamed over `path`. On any failure the temporary is
+// removed, `path` is untouched and io_error names `who`, the path and the system's reason.
+// Two writers of the same path at once would share the temporary: don't.
+inline void write_file_atomically(const std::filesystem::path& path,
+                                  std::span<const std::span<const std::byte>> chunks,
+                                  std::string_view who) {
+  std::filesystem::path temporary = path;
+  temporary += ".tmp";
+  const auto fail = [&](std::string_view what, int error) {
+    ::unlink(temporary.c_str());
+    MOE_THROW(io_error(concat(who, ": ", path.string(), ": ", what, ": ", errno_text(error))));
+  };
+  FileDescriptor fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0)
+    MOE_THROW(io_error(concat(who, ": ", path.string(), ": cannot create ", temporary.string(),
+                              ": ", errno_text(errno))));
+  for (const auto chunk : chunks) {
+    std::size_t done = 0;
+    while (done < chunk.size()) {
+      const ssize_t n = ::write(fd.get(), chunk.data() + done, chunk.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail("cannot write", errno);
+      done += static_cast<std::size_t>(n);
+    }
+  }
+  if (::fsync(fd.get()) != 0) fail("cannot flush", errno);
+  if (const int error = fd.close(); error != 0) fail("cannot close", error);
+  if (::rename(temporary.c_str(), path.c_str()) != 0) fail("cannot rename the temporary file", errno);
+}
+
+}  // namespace moe::detail
