@@ -37,3 +37,10 @@
 #include "moe/train/adam.hpp"
 #include "moe/train/parameters.hpp"
 #include "moe/train/sgd.hpp"
+
+// I/O
+#include "moe/io/dtype.hpp"
+#include "moe/io/json.hpp"
+#include "moe/io/npy.hpp"
+#include "moe/io/safetensors.hpp"
+#include "moe/io/safetensors_writer.hpp"
