@@ -147,6 +147,10 @@ TEST(NpyRead, BrokenFilesAreIoErrorsNamingWhatWasExpected) {
       {dict("{'descr': '<f4', 'fortran_order': False, 'shape': (2), }"), {"(n,)"}},
       {dict("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }"), {"dimension"}},
       {dict("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }"), {"2^63"}},
+      // 2^64 + 1: must not wrap around to a dimension of 1.
+      {npy("{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551617,), }",
+           moe::test::floats({1})),
+       {"2^63"}},
       {dict("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }"),
        {"too many elements"}},
       {dict("{'descr': '<f4', 'fortran_order': False, }"), {"'shape'"}},
@@ -159,7 +163,9 @@ TEST(NpyRead, BrokenFilesAreIoErrorsNamingWhatWasExpected) {
       {dict("{'descr': '<f4"), {"closing quote"}},
       {dict("['descr']"), {"'{'"}},
   };
-  for (const auto& [bytes, parts] : cases) {
+  for (const auto& one_case : cases) {  // no structured binding: clang 14 cannot capture one
+    const auto& bytes = one_case.first;
+    const auto& parts = one_case.second;
     const std::string message =
         moe::test::io_error_of([&] { NpyFile::from_bytes(bytes, "bad.npy").read<float>(); });
     ASSERT_NE(message, "") << "accepted: " << parts.front();

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -209,6 +211,18 @@ TEST(SafetensorsWriter, RejectsBadTensors) {
   EXPECT_EQ(w.size(), 1u);
 }
 
+TEST(SafetensorsWriter, TakesColumnMajorMatricesArraysAndExpressions) {
+  Eigen::MatrixXf col(2, 3);
+  col << 1, 2, 3, 4, 5, 6;
+  const Eigen::ArrayXXd array = Eigen::ArrayXXd::Constant(2, 2, 0.5);
+  SafetensorsWriter w;
+  w.add("col", col).add("array", array).add("expr", col.transpose() * 2.0f);
+  const auto file = SafetensorsFile::from_bytes(w.bytes());
+  EXPECT_EQ(file.read<float>("col"), RowMatrix<float>(col));
+  EXPECT_EQ(file.read<double>("array"), RowMatrix<double>::Constant(2, 2, 0.5));
+  EXPECT_EQ(file.read<float>("expr"), RowMatrix<float>(col.transpose() * 2.0f));
+}
+
 TEST(SafetensorsWriter, WritesAtomically) {
   ScratchDir dir;
   SafetensorsWriter w;
@@ -229,6 +243,9 @@ TEST(SafetensorsFile, MissingOrNonRegularFile) {
   MOE_EXPECT_IO_ERROR(SafetensorsFile::open(dir / "absent.st"), "SafetensorsFile::open",
                       "absent.st", "cannot open");
   MOE_EXPECT_IO_ERROR(SafetensorsFile::open(dir.path()), "not a regular file");
+  // A FIFO with no writer must not block open().
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
+  MOE_EXPECT_IO_ERROR(SafetensorsFile::open(dir / "fifo"), "fifo", "not a regular file");
 }
 
 TEST(SafetensorsFile, IntegerTensorsOpenButDoNotRead) {

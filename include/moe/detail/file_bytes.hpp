@@ -62,7 +62,8 @@ class ByteSource {
     const auto fail = [&](std::string_view what, int error) {
       MOE_THROW(io_error(concat(who, ": ", path.string(), ": ", what, ": ", errno_text(error))));
     };
-    FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    // O_NONBLOCK: a FIFO must not hang open(); it is rejected below as not a regular file.
+    FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
     if (fd.get() < 0) fail("cannot open", errno);
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) fail("cannot stat", errno);

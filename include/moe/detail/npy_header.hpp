@@ -108,8 +108,10 @@ class NpyHeaderParser {
       if (!(pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9')) fail("expected a dimension");
       std::uint64_t d = 0;
       while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') {
-        d = d * 10 + static_cast<std::uint64_t>(s_[pos_++] - '0');
-        if (d > limit) fail("expected a dimension < 2^63");
+        const auto digit = static_cast<std::uint64_t>(s_[pos_] - '0');
+        if (d > (limit - digit) / 10) fail("expected a dimension < 2^63");
+        d = d * 10 + digit;
+        ++pos_;
       }
       shape.push_back(static_cast<Index>(d));
       skip_space();

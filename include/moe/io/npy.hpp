@@ -102,7 +102,8 @@ std::vector<std::byte> npy_bytes(const Eigen::DenseBase<Derived>& m, const std::
   const std::string header = moe::detail::npy_header_bytes(dtype, shape);
   std::vector<std::byte> out(header.size() + static_cast<std::size_t>(elements) * sizeof(S));
   std::memcpy(out.data(), header.data(), header.size());
-  const RowMatrix<S> rows = m;  // row-major order whatever the input's storage order
+  RowMatrix<S> rows(m.rows(), m.cols());  // row-major whatever m's storage order
+  rows.array() = m.derived().array();      // (m may be a matrix or an array expression)
   detail::convert_to(dtype, rows.data(), static_cast<std::size_t>(elements),
                      out.data() + header.size());
   return out;

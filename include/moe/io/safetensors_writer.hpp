@@ -66,7 +66,8 @@ class SafetensorsWriter {
       MOE_THROW(shape_error(detail::concat("SafetensorsWriter::add: tensor '", name, "': shape ",
                                            shape_to_json(shape), " has ", elements,
                                            " elements but the matrix has ", m.size())));
-    const RowMatrix<S> rows = m;  // row-major order whatever the input's storage order
+    RowMatrix<S> rows(m.rows(), m.cols());  // row-major whatever m's storage order
+    rows.array() = m.derived().array();      // (m may be a matrix or an array expression)
     Entry entry{std::move(name), dtype, std::move(shape), {}};
     entry.data.resize(static_cast<std::size_t>(elements) * dtype_size(dtype));
     detail::convert_to(dtype, rows.data(), static_cast<std::size_t>(elements), entry.data.data());
