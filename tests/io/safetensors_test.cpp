@@ -153,6 +153,20 @@ TEST(SafetensorsView, F32IsZeroCopyAndKeepsTheMappingAlive) {
   EXPECT_EQ(copy.data(), view.data());
 }
 
+// A few megabytes: mapped, not copied; the view's rows are the file's rows.
+TEST(SafetensorsView, LargeFileIsMappedAndViewedInPlace) {
+  ScratchDir dir;
+  const RowMatrix<float> w = moe::test::random_matrix<float>(1024, 1000, 9);
+  SafetensorsWriter().add("w", w).add("b", w.row(3), Dtype::BF16).write(dir / "big.st");
+  const auto file = SafetensorsFile::open(dir / "big.st");
+  EXPECT_TRUE(file.memory_mapped());
+  EXPECT_FALSE(SafetensorsFile::from_bytes(moe::test::read_bytes(dir / "big.st")).memory_mapped());
+  const auto view = file.view_f32("w");
+  EXPECT_TRUE(view.zero_copy());
+  EXPECT_EQ(view.matrix(), w);
+  EXPECT_EQ(view.matrix().row(1000), w.row(1000));
+}
+
 // An unpadded header puts F32 data at an odd address: the view copies rather than misalign.
 TEST(SafetensorsView, MisalignedF32FallsBackToACopy) {
   const std::string header = R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";

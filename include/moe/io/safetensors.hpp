@@ -97,6 +97,9 @@ class SafetensorsFile {
   }
 
   const std::string& origin() const { return origin_; }
+  // Whether the bytes are a read-only mapping of the file (open(), unless the file system cannot
+  // map: then it was read) rather than a copy (from_bytes()).
+  bool memory_mapped() const { return source_->mapped(); }
   std::size_t size() const { return tensors_.size(); }
   std::vector<std::string> names() const {  // sorted
     std::vector<std::string> out;
