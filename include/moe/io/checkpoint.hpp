@@ -1,0 +1,254 @@
+// Loading one MoE layer of a Hugging Face checkpoint (safetensors) into a ready SparseMoE.
+//
+//   auto file = moe::io::SafetensorsFile::open("model-00002-of-00019.safetensors");
+//   auto layer = moe::io::load_checkpoint_layer<float>(file, moe::io::CheckpointFormat::mixtral,
+//                                                      "model.layers.3.block_sparse_moe.");
+//
+// Names under the prefix, and the semantics each format gets (as the HF modules compute them):
+//   mixtral      gate.weight [E, d]; experts.{i}.w1|w3.weight [f, d], experts.{i}.w2.weight [d, f]
+//                softmax → top-k → renormalise (MixtralSparseMoeBlock)
+//   qwen2-moe    gate.weight; experts.{i}.gate_proj|up_proj|down_proj.weight (= w1, w3, w2);
+//                shared_expert.{gate,up,down}_proj.weight; shared_expert_gate.weight [1, d]
+//                softmax → top-k (→ renormalise if norm_topk_prob) + σ(x·w_sg)·shared_expert(x)
+//   deepseek-v2  gate.weight; experts.{i}.*_proj.weight; shared_experts.*_proj.weight [n_shared·f, d]
+//                softmax → (group-limited: group score = max) top-k → renormalise if
+//                norm_topk_prob, else × routed_scaling_factor; + shared experts
+//   deepseek-v3  as v2, plus gate.e_score_correction_bias [E] (the selection bias): sigmoid scores,
+//                bias for choosing only, group score = sum of the top 2, weights from the unbiased
+//                scores, renormalised, × routed_scaling_factor; + shared experts
+// DeepSeek's n shared experts are one FFN of width n·f: they load as a bank of one expert.
+// Shapes come from the file (E counts experts.{i}); what a file cannot tell comes from
+// CheckpointOptions, defaulting to the HF configs' defaults of the format.
+//
+// Known deviation: DeepSeek masks the experts of unselected groups with 0, this library with −inf;
+// the two differ only when a biased score of a selected group is negative.
+//
+// Every failure is a moe::io_error naming the file, the tensor and what was expected: a missing
+// tensor, a wrong shape, experts numbered with a gap, a tensor under the prefix that the format
+// does not use (a file of another format). The layer is built only once everything has been read.
+#pragma once
+
+#include "moe/errors.hpp"
+#include "moe/experts/gated.hpp"
+#include "moe/gating/top_k_gate.hpp"
+#include "moe/io/safetensors.hpp"
+#include "moe/layer/shared_experts.hpp"
+#include "moe/layer/sparse_moe.hpp"
+
+#include <cstdlib>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moe::io {
+
+enum class CheckpointFormat { mixtral, qwen2_moe, deepseek_v2, deepseek_v3 };
+
+// "mixtral", "qwen2-moe", "deepseek-v2", "deepseek-v3"
+inline std::string_view format_name(CheckpointFormat f) {
+  switch (f) {
+    case CheckpointFormat::mixtral: return "mixtral";
+    case CheckpointFormat::qwen2_moe: return "qwen2-moe";
+    case CheckpointFormat::deepseek_v2: return "deepseek-v2";
+    case CheckpointFormat::deepseek_v3: return "deepseek-v3";
+  }
+  return "?";
+}
+
+inline std::optional<CheckpointFormat> parse_format(std::string_view name) {
+  for (const auto f : {CheckpointFormat::mixtral, CheckpointFormat::qwen2_moe, CheckpointFormat::deepseek_v2,
+                       CheckpointFormat::deepseek_v3})
+    if (format_name(f) == name) return f;
+  return std::nullopt;
+}
+
+// The routing values a checkpoint does not hold (HF config.json names); unset = the format's default.
+struct CheckpointOptions {
+  std::optional<Index> top_k{};                    // num_experts_per_tok
+  std::optional<bool> norm_topk_prob{};
+  std::optional<Index> n_group{}, topk_group{};
+  std::optional<double> routed_scaling_factor{};
+};
+
+// HF defaults: Mixtral k = 2, always renormalised; Qwen2-MoE k = 4, norm_topk_prob = false;
+// DeepSeek-V2(-Lite) k = 6, greedy, no renormalisation, scale 1; DeepSeek-V3 k = 8, n_group = 8,
+// topk_group = 4, renormalised, scale 2.5.
+inline TopKGateConfig checkpoint_gate_config(CheckpointFormat f, Index d_model, Index num_experts,
+                                             const CheckpointOptions& o) {
+  TopKGateConfig c{.d_model = d_model, .num_experts = num_experts};
+  const bool v3 = f == CheckpointFormat::deepseek_v3, v2 = f == CheckpointFormat::deepseek_v2;
+  c.top_k = o.top_k.value_or(f == CheckpointFormat::mixtral ? 2 : f == CheckpointFormat::qwen2_moe ? 4 : v2 ? 6 : 8);
+  c.normalize = o.norm_topk_prob.value_or(f == CheckpointFormat::mixtral || v3);
+  c.n_group = o.n_group.value_or(v3 ? 8 : 1);
+  c.topk_group = o.topk_group.value_or(v3 ? 4 : 1);
+  const double scale = o.routed_scaling_factor.value_or(v3 ? 2.5 : 1.0);
+  if (v3) {
+    c.scoring = Scoring::sigmoid;
+    c.selection_bias = true;
+    c.scale = scale;
+  } else if (v2) {
+    c.group_score = GroupScore::max;
+    c.scale = c.normalize ? 1.0 : scale;  // DeepSeek-V2 scales only the unnormalised weights
+  } else {
+    c.scale = scale;
+  }
+  return c;
+}
+
+template <class S>
+using CheckpointLayer = SparseMoE<SwiGluExpert<S>, TopKGate<S>>;
+
+}  // namespace moe::io
+
+namespace moe::detail {
+
+// Reads the tensors of one layer under a prefix, remembering which it used.
+class LayerTensors {
+ public:
+  LayerTensors(const io::SafetensorsFile& file, std::string prefix, io::CheckpointFormat format)
+      : file_(file), prefix_(std::move(prefix)), format_(format) {}
+
+  template <class... Parts>
+  [[noreturn]] void fail(std::string_view relative, const Parts&... what) const {
+    MOE_THROW(io_error(concat(file_.origin(), ": tensor '", prefix_, relative, "': ", what...)));
+    std::abort();
+  }
+
+  bool has(std::string_view relative) const { return file_.contains(prefix_ + std::string(relative)); }
+
+  // The tensor's shape, which must have `dims` axes.
+  const std::vector<Index>& shape(std::string_view relative, std::size_t dims) const {
+    const std::string name = prefix_ + std::string(relative);
+    if (!file_.contains(name))
+      fail(relative, "missing: a ", io::format_name(format_), " layer has it", hint());
+    const auto& s = file_.info(name).shape;
+    if (s.size() != dims) fail(relative, "shape ", io::shape_text(s), " but expected ", dims, " axes");
+    return s;
+  }
+
+  template <class Dst>
+  void read(std::string_view relative, const std::vector<Index>& expected, Dst&& out, std::string_view why) {
+    if (const auto& s = shape(relative, expected.size()); s != expected)
+      fail(relative, "shape ", io::shape_text(s), " but expected ", io::shape_text(expected), " (", why, ")");
+    const std::string name = prefix_ + std::string(relative);
+    file_.read_into(name, out);
+    used_.insert(name);
+  }
+
+  // Expert ids i of the names "<prefix>experts.<i>.*": must be 0 .. E−1.
+  Index count_experts() const {
+    std::set<Index> ids;
+    const std::string head = prefix_ + "experts.";
+    for (const auto& name : file_.names()) {
+      if (!name.starts_with(head)) continue;
+      const std::size_t dot = name.find('.', head.size());
+      const std::string id = name.substr(head.size(), dot == std::string::npos ? std::string::npos : dot - head.size());
+      if (id.empty() || id.size() > 9 || id.find_first_not_of("0123456789") != std::string::npos)
+        MOE_THROW(io_error(concat(file_.origin(), ": tensor '", name, "': expected '", head,
+                                               "<expert id>.…'")));
+      ids.insert(std::stoll(id));
+    }
+    if (ids.empty()) fail("experts.0.*", "missing: no experts under the prefix", hint());
+    const Index n = static_cast<Index>(ids.size());
+    if (*ids.rbegin() != n - 1) {
+      Index gap = 0;
+      while (ids.contains(gap)) ++gap;
+      fail(concat("experts.", gap, ".*"), "missing: experts are numbered up to ", *ids.rbegin(),
+           " but expert ", gap, " has no tensors (", n, " experts found)");
+    }
+    return n;
+  }
+
+  // Every tensor under the prefix must have been read: another format's tensors are an error.
+  void check_all_used() const {
+    for (const auto& name : file_.names())
+      if (name.starts_with(prefix_) && !used_.contains(name))
+        MOE_THROW(io_error(concat(file_.origin(), ": tensor '", name, "': not part of a ",
+                                               io::format_name(format_), " layer", hint())));
+  }
+
+ private:
+  // What the tensors under the prefix look like, when that is not the requested format.
+  std::string hint() const {
+    std::string guess;
+    if (has("experts.0.w1.weight")) guess = "mixtral";
+    else if (has("shared_expert_gate.weight")) guess = "qwen2-moe";
+    else if (has("gate.e_score_correction_bias")) guess = "deepseek-v3";
+    else if (has("shared_experts.gate_proj.weight")) guess = "deepseek-v2";
+    if (!guess.empty() && guess != io::format_name(format_))
+      return concat(" (the tensors under prefix '", prefix_, "' look like a ", guess, " layer)");
+    return concat(" (prefix '", prefix_, "')");
+  }
+
+  const io::SafetensorsFile& file_;
+  std::string prefix_;
+  io::CheckpointFormat format_;
+  std::set<std::string> used_;
+};
+
+// A bank of SwiGLU experts from the tensors "<head><i>.<w1|w3|w2>.weight" (HF names: gate_proj,
+// up_proj, down_proj), or with `single` one expert from "<head><w1|w3|w2>.weight".
+template <class S>
+SwiGluExpert<S> read_swiglu_bank(LayerTensors& in, const std::string& head, Index num_experts, Index d_model,
+                                 bool hf_names, bool single) {
+  const std::string w1 = hf_names ? "gate_proj" : "w1", w3 = hf_names ? "up_proj" : "w3",
+                    w2 = hf_names ? "down_proj" : "w2";
+  auto name = [&](Index e, const std::string& w) {
+    return single ? head + w + ".weight" : concat(head, e, ".", w, ".weight");
+  };
+  const Index d_ff = in.shape(name(0, w1), 2)[0];
+  SwiGluExpert<S> bank({.num_experts = num_experts, .d_model = d_model, .d_ff = d_ff});
+  for (Index e = 0; e < num_experts; ++e) {
+    in.read(name(e, w1), {d_ff, d_model}, bank.w1()[e], concat("[d_ff, d_model], d_ff from ", name(0, w1)));
+    in.read(name(e, w3), {d_ff, d_model}, bank.w3()[e], "[d_ff, d_model]");
+    in.read(name(e, w2), {d_model, d_ff}, bank.w2()[e], "[d_model, d_ff]");
+  }
+  return bank;
+}
+
+}  // namespace moe::detail
+
+namespace moe::io {
+
+// One MoE layer of `format` under `prefix` (e.g. "model.layers.3.block_sparse_moe."), in S.
+//   ensures: a layer in inference mode; shared() is set for qwen2-moe and deepseek-*, null for mixtral.
+//   throws:  io_error (file, tensor, expectation) for anything the file lacks or holds wrongly;
+//            config_error when the options do not fit the file (e.g. top_k > num_experts).
+template <class S>
+CheckpointLayer<S> load_checkpoint_layer(const SafetensorsFile& file, CheckpointFormat format,
+                                         const std::string& prefix = "", const CheckpointOptions& options = {}) {
+  detail::LayerTensors in(file, prefix, format);
+  const bool hf_names = format != CheckpointFormat::mixtral;
+  const Index E = in.count_experts();
+  // Fail on the format's first expert tensor before anything else: that names a wrong format.
+  in.shape(hf_names ? "experts.0.gate_proj.weight" : "experts.0.w1.weight", 2);
+  const Index d = in.shape("gate.weight", 2)[1];
+  RowMatrix<S> gate_weight(E, d);
+  in.read("gate.weight", {E, d}, gate_weight,
+          detail::concat("[num_experts, d_model], ", E, " experts found under the prefix"));
+  Vector<S> selection_bias;
+  if (format == CheckpointFormat::deepseek_v3) {
+    selection_bias.resize(E);
+    in.read("gate.e_score_correction_bias", {E}, Eigen::Map<RowMatrix<S>>(selection_bias.data(), 1, E),
+            "[num_experts]");
+  }
+  auto experts = detail::read_swiglu_bank<S>(in, "experts.", E, d, hf_names, false);
+  std::optional<SharedExperts<SwiGluExpert<S>>> shared;
+  if (format == CheckpointFormat::qwen2_moe) {
+    shared.emplace(detail::read_swiglu_bank<S>(in, "shared_expert.", 1, d, true, true), /*gated=*/true);
+    in.read("shared_expert_gate.weight", {1, d}, shared->gate_weight(), "[1, d_model]");
+  } else if (format != CheckpointFormat::mixtral) {
+    shared.emplace(detail::read_swiglu_bank<S>(in, "shared_experts.", 1, d, true, true), /*gated=*/false);
+  }
+  in.check_all_used();
+
+  TopKGate<S> gate(checkpoint_gate_config(format, d, E, options));
+  gate.router().weight() = std::move(gate_weight);
+  if (selection_bias.size() > 0) gate.selection_bias() = std::move(selection_bias);
+  if (shared) return CheckpointLayer<S>(std::move(gate), std::move(experts), std::move(*shared));
+  return CheckpointLayer<S>(std::move(gate), std::move(experts));
+}
+
+}  // namespace moe::io

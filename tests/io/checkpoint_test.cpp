@@ -1,0 +1,199 @@
+#include <moe/io/checkpoint.hpp>
+#include <moe/io/safetensors_writer.hpp>
+
+#include "io/io_files.hpp"
+#include "support/compare.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace {
+
+using moe::Index;
+using moe::RowMatrix;
+using moe::io::CheckpointFormat;
+using moe::io::CheckpointOptions;
+using moe::io::SafetensorsFile;
+using moe::io::SafetensorsWriter;
+
+constexpr Index kE = 4, kD = 8, kF = 6, kSharedF = 10;
+
+// Writes the tensors of one HF-named layer under prefix; `seed` makes every tensor distinct.
+struct HfLayer {
+  CheckpointFormat format;
+  std::string prefix;
+  Index num_experts = kE, d_ff = kF;
+
+  RowMatrix<float> tensor(Index rows, Index cols, std::uint64_t seed) const {
+    return moe::test::random_matrix<float>(rows, cols, seed);
+  }
+  void write_ffn(SafetensorsWriter& w, const std::string& head, Index f, std::uint64_t seed) const {
+    const bool mixtral = format == CheckpointFormat::mixtral;
+    w.add(prefix + head + (mixtral ? "w1" : "gate_proj") + ".weight", tensor(f, kD, seed));
+    w.add(prefix + head + (mixtral ? "w3" : "up_proj") + ".weight", tensor(f, kD, seed + 1));
+    w.add(prefix + head + (mixtral ? "w2" : "down_proj") + ".weight", tensor(kD, f, seed + 2));
+  }
+  SafetensorsWriter writer() const {
+    SafetensorsWriter w;
+    w.add(prefix + "gate.weight", tensor(num_experts, kD, 1));
+    for (Index e = 0; e < num_experts; ++e)
+      write_ffn(w, "experts." + std::to_string(e) + ".", d_ff, 100 + 10 * e);
+    if (format == CheckpointFormat::qwen2_moe) {
+      write_ffn(w, "shared_expert.", kSharedF, 7);
+      w.add(prefix + "shared_expert_gate.weight", tensor(1, kD, 3));
+    }
+    if (format == CheckpointFormat::deepseek_v2 || format == CheckpointFormat::deepseek_v3)
+      write_ffn(w, "shared_experts.", kSharedF, 7);
+    if (format == CheckpointFormat::deepseek_v3)
+      w.add(prefix + "gate.e_score_correction_bias", tensor(1, num_experts, 5), {num_experts});
+    return w;
+  }
+  SafetensorsFile file() const { return SafetensorsFile::from_bytes(writer().bytes(), "layer.safetensors"); }
+};
+
+// Expects load_checkpoint_layer to throw an io_error whose message holds every one of `parts`.
+void expect_io_error(const SafetensorsFile& file, CheckpointFormat format, const std::string& prefix,
+                     std::initializer_list<std::string> parts) {
+  try {
+    moe::io::load_checkpoint_layer<float>(file, format, prefix);
+    ADD_FAILURE() << "no io_error";
+  } catch (const moe::io_error& e) {
+    for (const auto& part : parts) EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
+TEST(Checkpoint, MixtralNamesMapToTheBanks) {
+  const HfLayer hf{CheckpointFormat::mixtral, "model.layers.3.block_sparse_moe."};
+  const auto file = hf.file();
+  auto layer = moe::io::load_checkpoint_layer<float>(file, CheckpointFormat::mixtral, hf.prefix);
+  EXPECT_EQ(layer.num_experts(), kE);
+  EXPECT_EQ(layer.experts().d_ff(), kF);
+  EXPECT_EQ(layer.shared(), nullptr);
+  EXPECT_EQ(layer.gate().config().top_k, 2);
+  EXPECT_TRUE(layer.gate().config().normalize);
+  EXPECT_EQ(layer.gate().router().weight(), hf.tensor(kE, kD, 1));
+  for (Index e = 0; e < kE; ++e) {
+    EXPECT_EQ(RowMatrix<float>(layer.experts().w1()[e]), hf.tensor(kF, kD, 100 + 10 * e)) << e;
+    EXPECT_EQ(RowMatrix<float>(layer.experts().w3()[e]), hf.tensor(kF, kD, 101 + 10 * e)) << e;
+    EXPECT_EQ(RowMatrix<float>(layer.experts().w2()[e]), hf.tensor(kD, kF, 102 + 10 * e)) << e;
+  }
+}
+
+TEST(Checkpoint, Qwen2MoeHasAGatedSharedExpert) {
+  const HfLayer hf{CheckpointFormat::qwen2_moe, "model.layers.0.mlp."};
+  const auto file = hf.file();
+  auto layer = moe::io::load_checkpoint_layer<double>(file, CheckpointFormat::qwen2_moe, hf.prefix,
+                                                      {.top_k = 3, .norm_topk_prob = true});
+  EXPECT_EQ(layer.gate().config().top_k, 3);
+  EXPECT_TRUE(layer.gate().config().normalize);
+  ASSERT_NE(layer.shared(), nullptr);
+  EXPECT_TRUE(layer.shared()->gated());
+  EXPECT_EQ(layer.shared()->num_experts(), 1);
+  EXPECT_EQ(layer.shared()->experts().d_ff(), kSharedF);
+  EXPECT_EQ(layer.shared()->gate_weight(), hf.tensor(1, kD, 3).cast<double>());
+  EXPECT_EQ(RowMatrix<double>(layer.shared()->experts().w2()[0]), hf.tensor(kD, kSharedF, 9).cast<double>());
+  // HF defaults when no option is given.
+  const auto plain = moe::io::load_checkpoint_layer<float>(file, CheckpointFormat::qwen2_moe, hf.prefix);
+  EXPECT_EQ(plain.gate().config().top_k, 4);
+  EXPECT_FALSE(plain.gate().config().normalize);
+}
+
+TEST(Checkpoint, DeepSeekV3GetsTheSelectionBiasAndGroups) {
+  const HfLayer hf{CheckpointFormat::deepseek_v3, ""};
+  const auto file = hf.file();
+  auto layer = moe::io::load_checkpoint_layer<float>(
+      file, CheckpointFormat::deepseek_v3, "", {.top_k = 2, .n_group = 2, .topk_group = 1});
+  const auto& c = layer.gate().config();
+  EXPECT_EQ(c.scoring, moe::Scoring::sigmoid);
+  EXPECT_TRUE(c.selection_bias && c.normalize);
+  EXPECT_EQ(c.scale, 2.5);
+  EXPECT_EQ(c.n_group, 2);
+  EXPECT_EQ(layer.gate().selection_bias().transpose(), hf.tensor(1, kE, 5));
+  ASSERT_NE(layer.shared(), nullptr);
+  EXPECT_FALSE(layer.shared()->gated());
+  EXPECT_EQ(layer.shared()->experts().d_ff(), kSharedF);
+  // The layer runs.
+  RowMatrix<float> x = moe::test::random_matrix<float>(5, kD, 11), y(5, kD);
+  layer.forward(x, y);
+  EXPECT_TRUE(y.allFinite());
+}
+
+TEST(Checkpoint, DeepSeekV2ScalesOnlyUnnormalisedWeights) {
+  const auto file = HfLayer{CheckpointFormat::deepseek_v2, ""}.file();
+  const auto plain = moe::io::load_checkpoint_layer<float>(file, CheckpointFormat::deepseek_v2, "",
+                                                           {.top_k = 2, .routed_scaling_factor = 16.0});
+  EXPECT_EQ(plain.gate().config().scale, 16.0);
+  EXPECT_EQ(plain.gate().config().scoring, moe::Scoring::softmax);
+  const auto normalised = moe::io::load_checkpoint_layer<float>(
+      file, CheckpointFormat::deepseek_v2, "", {.top_k = 2, .norm_topk_prob = true, .routed_scaling_factor = 16.0});
+  EXPECT_EQ(normalised.gate().config().scale, 1.0);
+}
+
+TEST(Checkpoint, MissingTensorNamesFileAndTensor) {
+  HfLayer hf{CheckpointFormat::mixtral, "p."};
+  SafetensorsWriter w;
+  w.add("p.gate.weight", hf.tensor(kE, kD, 1));
+  for (Index e = 0; e < kE; ++e) {
+    const std::string head = "p.experts." + std::to_string(e) + ".";
+    w.add(head + "w1.weight", hf.tensor(kF, kD, 1));
+    if (e != 2) w.add(head + "w3.weight", hf.tensor(kF, kD, 1));
+    w.add(head + "w2.weight", hf.tensor(kD, kF, 1));
+  }
+  const auto file = SafetensorsFile::from_bytes(w.bytes(), "broken.safetensors");
+  expect_io_error(file, CheckpointFormat::mixtral, "p.", {"broken.safetensors", "p.experts.2.w3.weight", "missing"});
+}
+
+TEST(Checkpoint, WrongShapeNamesBothShapes) {
+  HfLayer hf{CheckpointFormat::mixtral, ""};
+  SafetensorsWriter broken;
+  broken.add("gate.weight", hf.tensor(kE, kD, 1));
+  for (Index e = 0; e < kE; ++e) {
+    const std::string head = "experts." + std::to_string(e) + ".";
+    broken.add(head + "w1.weight", hf.tensor(kF, e == 3 ? kD + 1 : kD, 1));
+    broken.add(head + "w3.weight", hf.tensor(kF, kD, 1));
+    broken.add(head + "w2.weight", hf.tensor(kD, kF, 1));
+  }
+  const auto file = SafetensorsFile::from_bytes(broken.bytes(), "f.safetensors");
+  expect_io_error(file, CheckpointFormat::mixtral, "", {"f.safetensors", "experts.3.w1.weight", "[6, 9]", "[6, 8]"});
+}
+
+TEST(Checkpoint, InconsistentExpertCount) {
+  HfLayer hf{CheckpointFormat::mixtral, ""};
+  {  // the router has 5 rows for 4 experts
+    SafetensorsWriter w;
+    w.add("gate.weight", hf.tensor(kE + 1, kD, 1));
+    for (Index e = 0; e < kE; ++e) hf.write_ffn(w, "experts." + std::to_string(e) + ".", kF, 1);
+    expect_io_error(SafetensorsFile::from_bytes(w.bytes(), "f"), CheckpointFormat::mixtral, "",
+                    {"gate.weight", "[5, 8]", "[4, 8]", "4 experts"});
+  }
+  {  // experts 0, 1, 3: expert 2 is missing
+    SafetensorsWriter w;
+    w.add("gate.weight", hf.tensor(kE, kD, 1));
+    for (const Index e : {0, 1, 3}) hf.write_ffn(w, "experts." + std::to_string(e) + ".", kF, 1);
+    expect_io_error(SafetensorsFile::from_bytes(w.bytes(), "f"), CheckpointFormat::mixtral, "",
+                    {"experts.2.", "missing"});
+  }
+}
+
+TEST(Checkpoint, FormatThatDoesNotMatchTheFile) {
+  const auto mixtral = HfLayer{CheckpointFormat::mixtral, "m."}.file();
+  expect_io_error(mixtral, CheckpointFormat::qwen2_moe, "m.", {"m.experts.0.gate_proj.weight", "look like a mixtral"});
+  const auto qwen = HfLayer{CheckpointFormat::qwen2_moe, ""}.file();
+  expect_io_error(qwen, CheckpointFormat::mixtral, "", {"experts.0.w1.weight", "look like a qwen2-moe"});
+  expect_io_error(qwen, CheckpointFormat::deepseek_v2, "", {"shared_experts.gate_proj.weight", "qwen2-moe"});
+  const auto v3 = HfLayer{CheckpointFormat::deepseek_v3, ""}.file();
+  expect_io_error(v3, CheckpointFormat::deepseek_v2, "", {"gate.e_score_correction_bias", "not part of a deepseek-v2"});
+  const auto v2 = HfLayer{CheckpointFormat::deepseek_v2, ""}.file();
+  expect_io_error(v2, CheckpointFormat::deepseek_v3, "", {"gate.e_score_correction_bias", "missing"});
+  expect_io_error(v2, CheckpointFormat::mixtral, "nothing.", {"no experts", "nothing."});
+}
+
+TEST(Checkpoint, FormatNamesRoundTrip) {
+  for (const auto f : {CheckpointFormat::mixtral, CheckpointFormat::qwen2_moe, CheckpointFormat::deepseek_v2,
+                       CheckpointFormat::deepseek_v3})
+    EXPECT_EQ(moe::io::parse_format(moe::io::format_name(f)), f);
+  EXPECT_FALSE(moe::io::parse_format("llama"));
+}
+
+}  // namespace
