@@ -39,8 +39,10 @@
 #include "moe/train/sgd.hpp"
 
 // I/O
+#include "moe/io/checkpoint.hpp"
 #include "moe/io/dtype.hpp"
 #include "moe/io/json.hpp"
+#include "moe/io/layer_file.hpp"
 #include "moe/io/npy.hpp"
 #include "moe/io/safetensors.hpp"
 #include "moe/io/safetensors_writer.hpp"
