@@ -31,8 +31,11 @@ for target in "${targets[@]}"; do
     -fno-omit-frame-pointer -Iinclude -isystem "$eigen" "$source" -o "$out/${target}_fuzz"
   mkdir -p "$scratch/$target"
   cp tests/fuzz/corpus/"$target"/* "$scratch/$target/"
+  dict=()
+  [ -f "tests/fuzz/$target.dict" ] && dict=(-dict="tests/fuzz/$target.dict")
   echo "== fuzzing $target for ${seconds}s"
   # -timeout: one input taking longer than 10 s is a finding; -rss_limit_mb bounds memory.
   "$out/${target}_fuzz" "$scratch/$target" -max_total_time="$seconds" -timeout=10 \
-    -rss_limit_mb=2048 -max_len=4096 -print_final_stats=1 -artifact_prefix="$out/${target}-"
+    -rss_limit_mb=2048 -max_len=4096 -print_final_stats=1 -artifact_prefix="$out/${target}-" \
+    "${dict[@]}"
 done
