@@ -261,3 +261,30 @@ TEST(SparseMoETraining, ParameterNamesFollowTheParts) {
 }
 
 }  // namespace
+
+namespace {
+
+// y may be x itself, with shared experts (which read x) and in training (which keeps x).
+TEST(SparseMoEInPlace, ForwardIntoItsOwnInput) {
+  moe::SparseMoE<moe::SwiGluExpert<double>, moe::TopKGate<double>> layer{
+      moe::TopKGate<double>(gate()), moe::SwiGluExpert<double>(experts()),
+      moe::SharedExperts<moe::SwiGluExpert<double>>(moe::SwiGluExpert<double>(experts(1, 50)), true, 51)};
+  const RowMatrix<double> x = moe::test::random_matrix<double>(kTokens, kModel, 52);
+  const RowMatrix<double> c = moe::test::random_matrix<double>(kTokens, kModel, 53);
+  RowMatrix<double> y(kTokens, kModel), d_x(kTokens, kModel), d_x_in_place(kTokens, kModel);
+  decltype(layer)::Cache cache;
+  layer.forward(x, y, cache);
+  auto grads = layer.make_gradients(), grads_in_place = layer.make_gradients();
+  layer.backward(cache, c, d_x, grads);
+
+  RowMatrix<double> z = x;
+  layer.forward(z, z);
+  EXPECT_EQ(z, y);
+  z = x;
+  layer.forward(z, z, cache);
+  EXPECT_EQ(z, y);
+  layer.backward(cache, c, d_x_in_place, grads_in_place);
+  EXPECT_EQ(d_x_in_place, d_x);
+}
+
+}  // namespace

@@ -71,7 +71,8 @@ class SparseMoE {
 
   // Inference: y = MoE(x).
   //   requires: x: [T, d_model] row-major (T may be 0; a row block or Map binds without a copy;
-  //             a column-major x does not compile — convert it explicitly); y: [T, d_model].
+  //             a column-major x does not compile — convert it explicitly); y: [T, d_model]
+  //             (y may be x itself: the layer reads x only before it writes y).
   //   ensures:  y overwritten; last_plan() and last_stats() describe this batch.
   //   throws:   shape_error on a wrong shape, std::domain_error if a router logit is not finite;
   //             on a throw, y, last_plan() and last_stats() are unchanged.
@@ -226,6 +227,7 @@ class SparseMoE {
     detail::check_dim(who, "y.cols()", y.cols(), "d_model", d);
     const detail::EigenSingleThreaded single_threaded_eigen;
     state.training = false;
+    if (training) state.x = x;  // x may be y itself (an in-place call): nothing reads x after y is written
 
     gate_.route(x, state.plan, mode_);
     kernels::build_dispatch(state.plan, state.dispatch);
@@ -234,9 +236,15 @@ class SparseMoE {
     grow(state.expert_out, rows, d);
     kernels::gather_rows<S>(x, state.dispatch.token, state.gathered.topRows(rows));
     run_experts(state, training);
-    kernels::combine<S>(state.plan.weight, state.dispatch, state.expert_out.topRows(rows), y);
-    if (shared_) shared_->forward_add(x, y, threads(), training ? &state.shared : nullptr);
-    if (training) state.x = x;
+    if (shared_) {  // the shared experts read x: combine into a buffer and write y last
+      grow(routed_, x.rows(), d);
+      auto routed = routed_.topRows(x.rows());
+      kernels::combine<S>(state.plan.weight, state.dispatch, state.expert_out.topRows(rows), routed);
+      shared_->forward_add(x, routed, threads(), training ? &state.shared : nullptr);
+      y = routed;
+    } else {
+      kernels::combine<S>(state.plan.weight, state.dispatch, state.expert_out.topRows(rows), y);
+    }
 
     state.training = training;
     last_plan_ = state.plan;
@@ -311,6 +319,7 @@ class SparseMoE {
   detail::AlignedVector<S> scratch_;  // per-thread expert scratch
   std::vector<Index> active_;
   // backward's buffers
+  RowMatrix<S> routed_;               // [≥ T, d_model] routed output before the shared experts
   RowMatrix<S> d_weight_, d_out_, d_rows_, d_x_router_, ones_;
   RouterGradients<S> router_grads_;
 };
