@@ -1,0 +1,152 @@
+// moe-run — run one MoE layer of a Hugging Face checkpoint on a batch of tokens from a .npy file.
+//
+//   moe-run --weights model.safetensors --format mixtral
+//           --prefix model.layers.3.block_sparse_moe. --input x.npy --output y.npy [--stats]
+//
+// The layer is read with moe::io::load_checkpoint_layer (shapes from the file; routing options
+// from the flags, defaulting to the format's HF config defaults). x is [T, d_model] (float16,
+// float32 or float64); y is written as float32 [T, d_model]. --check REF.npy compares y with a
+// reference and fails when max |y − ref| > tolerance · max |ref| (what the ctest tests use).
+// Exit status: 0 on success, 2 on bad arguments (with the usage), 1 on any other error.
+#include <moe/moe.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <exception>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: moe-run --weights FILE --format mixtral|qwen2-moe|deepseek-v2|deepseek-v3
+               --input X.npy --output Y.npy [--prefix P]
+               [--top-k K] [--norm-topk-prob 0|1] [--n-group G] [--topk-group G] [--routed-scale S]
+               [--stats] [--check REF.npy [--tolerance R]]
+  --weights     a safetensors file holding the layer
+  --format      the checkpoint's naming and routing
+  --prefix      the layer's tensor prefix, e.g. model.layers.3.block_sparse_moe. (default: none)
+  --input       tokens [T, d_model] (.npy, float16/32/64);  --output: y [T, d_model] (.npy, float32)
+  --top-k ...   routing values the file does not hold (default: the format's HF defaults)
+  --stats       print the routing statistics (tokens per expert, imbalance, entropy)
+  --check       compare y with REF.npy; fail if max|y - ref| > R * max|ref| (R default 1e-5)
+)";
+
+struct UsageError {
+  std::string message;
+};
+
+template <class T>
+T number(std::string_view flag, const std::string& text) {
+  T value{};
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size())
+    throw UsageError{std::string(flag) + ": '" + text + "' is not a valid number"};
+  return value;
+}
+
+struct Arguments {
+  std::map<std::string, std::string, std::less<>> values;
+  bool stats = false;
+
+  static Arguments parse(int argc, char** argv) {
+    static const std::string_view with_value[] = {"--weights", "--format", "--prefix", "--input", "--output",
+                                                  "--top-k", "--norm-topk-prob", "--n-group", "--topk-group",
+                                                  "--routed-scale", "--check", "--tolerance"};
+    Arguments args;
+    for (int i = 1; i < argc; ++i) {
+      const std::string_view flag = argv[i];
+      if (flag == "--stats") {
+        args.stats = true;
+        continue;
+      }
+      if (flag == "--help" || flag == "-h") throw UsageError{};
+      if (std::find(std::begin(with_value), std::end(with_value), flag) == std::end(with_value))
+        throw UsageError{"unknown argument '" + std::string(flag) + "'"};
+      if (i + 1 >= argc) throw UsageError{std::string(flag) + " needs a value"};
+      if (!args.values.emplace(std::string(flag), argv[++i]).second)
+        throw UsageError{std::string(flag) + " given twice"};
+    }
+    for (const char* required : {"--weights", "--format", "--input", "--output"})
+      if (!args.values.contains(required)) throw UsageError{std::string("missing ") + required};
+    return args;
+  }
+  const std::string* get(std::string_view flag) const {
+    const auto it = values.find(flag);
+    return it == values.end() ? nullptr : &it->second;
+  }
+};
+
+moe::io::CheckpointOptions routing_options(const Arguments& args) {
+  moe::io::CheckpointOptions o;
+  if (auto* v = args.get("--top-k")) o.top_k = number<moe::Index>("--top-k", *v);
+  if (auto* v = args.get("--n-group")) o.n_group = number<moe::Index>("--n-group", *v);
+  if (auto* v = args.get("--topk-group")) o.topk_group = number<moe::Index>("--topk-group", *v);
+  if (auto* v = args.get("--routed-scale")) o.routed_scaling_factor = number<double>("--routed-scale", *v);
+  if (auto* v = args.get("--norm-topk-prob")) {
+    if (*v != "0" && *v != "1") throw UsageError{"--norm-topk-prob: '" + *v + "' but expected 0 or 1"};
+    o.norm_topk_prob = *v == "1";
+  }
+  return o;
+}
+
+void print_stats(const moe::RoutingStats& s) {
+  std::printf("tokens %lld, assignments %lld, dropped %lld, unused experts %lld\n", (long long)s.num_tokens,
+              (long long)s.assignments, (long long)s.dropped, (long long)s.unused_experts);
+  std::printf("imbalance (max/mean load) %.3f, router entropy %.4f nats\n", s.imbalance(), s.router_entropy);
+  for (std::size_t e = 0; e < s.tokens_per_expert.size(); ++e)
+    std::printf("  expert %3zu: %6lld tokens (%5.1f%%)\n", e, (long long)s.tokens_per_expert[e],
+                100.0 * s.load_fraction[e]);
+}
+
+int run(const Arguments& args) {
+  const auto format = moe::io::parse_format(*args.get("--format"));
+  if (!format) throw UsageError{"--format: '" + *args.get("--format") + "' is not a known format"};
+  const auto options = routing_options(args);
+  const std::string prefix = args.get("--prefix") ? *args.get("--prefix") : "";
+  const double tolerance = args.get("--tolerance") ? number<double>("--tolerance", *args.get("--tolerance")) : 1e-5;
+
+  const auto file = moe::io::SafetensorsFile::open(*args.get("--weights"));
+  auto layer = moe::io::load_checkpoint_layer<float>(file, *format, prefix, options);
+  const auto x = moe::io::NpyFile::open(*args.get("--input")).read<float>();
+  if (x.cols() != layer.d_model())
+    throw moe::shape_error(*args.get("--input") + ": " + std::to_string(x.cols()) + " columns but the layer's d_model = " +
+                           std::to_string(layer.d_model()));
+  moe::RowMatrix<float> y(x.rows(), x.cols());
+  layer.forward(x, y);
+  moe::io::write_npy(*args.get("--output"), y);
+  std::printf("%s layer '%s': %lld experts, top-%lld, d_model %lld, d_ff %lld%s; %lld tokens -> %s\n",
+              moe::io::format_name(*format).data(), prefix.c_str(), (long long)layer.num_experts(),
+              (long long)layer.gate().config().top_k, (long long)layer.d_model(), (long long)layer.experts().d_ff(),
+              layer.shared() ? " + shared experts" : "", (long long)x.rows(), args.get("--output")->c_str());
+  if (args.stats) print_stats(layer.last_stats());
+
+  if (const auto* reference_path = args.get("--check")) {
+    const auto reference = moe::io::NpyFile::open(*reference_path).read<float>();
+    if (reference.rows() != y.rows() || reference.cols() != y.cols())
+      throw moe::shape_error(*reference_path + ": shape differs from the output");
+    const double scale = reference.cwiseAbs().maxCoeff();
+    const double error = (y - reference).cwiseAbs().maxCoeff() / (scale > 0 ? scale : 1.0);
+    std::printf("check against %s: max |y - ref| / max |ref| = %.3g (tolerance %.3g)\n", reference_path->c_str(),
+                error, tolerance);
+    if (!(error <= tolerance)) return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(Arguments::parse(argc, argv));
+  } catch (const UsageError& e) {
+    if (!e.message.empty()) std::fprintf(stderr, "moe-run: %s\n", e.message.c_str());
+    std::fputs(kUsage, stderr);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe-run: %s\n", e.what());
+    return 1;
+  }
+}
