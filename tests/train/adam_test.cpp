@@ -250,4 +250,25 @@ TYPED_TEST(AdamTest, NonFiniteGradientThrowsNamingTheTensorAndChangesNothing) {
   }
 }
 
+
+// A schedule changes lr between steps; the second step uses the new lr with the kept moments.
+TEST(AdamSchedule, SetLrKeepsTheMoments) {
+  RowMatrix<double> theta(1, 1), grad(1, 1), twin(1, 1);
+  theta << 1.0;
+  twin << 1.0;
+  grad << 0.5;
+  moe::Adam<double> adam({.lr = 0.1}), reference({.lr = 0.1});
+  adam.step({moe::view<double>("p", theta)}, {moe::view<double>("p", grad)});
+  reference.step({moe::view<double>("p", twin)}, {moe::view<double>("p", grad)});
+  adam.set_lr(0.01);
+  const double before = theta(0, 0), reference_before = twin(0, 0);
+  adam.step({moe::view<double>("p", theta)}, {moe::view<double>("p", grad)});
+  reference.step({moe::view<double>("p", twin)}, {moe::view<double>("p", grad)});
+  // Same gradient twice: m̂ = g and v̂ = g², so each step moves by lr · g / (|g| + eps).
+  EXPECT_NEAR(before - theta(0, 0), 0.01, 1e-8);  // eps = 1e-8 shifts it by ~2e-10
+  EXPECT_NEAR(reference_before - twin(0, 0), 0.1, 1e-8);
+  EXPECT_EQ(adam.steps(), 2);
+  EXPECT_THROW(adam.set_lr(0.0), moe::config_error);
+}
+
 }  // namespace

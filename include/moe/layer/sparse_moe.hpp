@@ -276,7 +276,11 @@ class SparseMoE {
     active_.clear();
     for (Index e = 0; e < num_experts(); ++e)
       if (dispatch.rows_of(e) > 0) active_.push_back(e);
-    const int n_threads = static_cast<int>(std::max<Index>(1, std::min<Index>(threads(), Index(active_.size()))));
+    // Starting threads costs more than tiny batches take (and spinning threads hurt on a busy
+    // machine): below ~1 MFLOP-equivalent of expert work, one thread. Bits are the same either way.
+    const Index work = dispatch.num_rows() * d_model() * std::max(d_model(), experts_.scratch_size(1));
+    const Index wanted = work < (Index(1) << 20) ? 1 : threads();
+    const int n_threads = static_cast<int>(std::max<Index>(1, std::min<Index>(wanted, Index(active_.size()))));
     scratch_.resize(static_cast<std::size_t>(per_thread * n_threads));
     detail::parallel_for(static_cast<Index>(active_.size()), n_threads, [&](Index item, int thread) {
       body(active_[item], std::span<S>(scratch_.data() + thread * per_thread, static_cast<std::size_t>(per_thread)));

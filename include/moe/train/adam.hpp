@@ -55,6 +55,12 @@ class Adam {
   const AdamConfig& config() const { return config_; }
   Index steps() const { return steps_; }  // t: completed steps
 
+  // For a learning-rate schedule: the moments and the step count are kept.
+  void set_lr(double lr) {
+    detail::check_positive(lr, config_.decoupled ? "AdamW::set_lr" : "Adam::set_lr", "lr");
+    config_.lr = lr;
+  }
+
   // The moments of tensor i, once a step has run: [rows, cols] of params[i].
   const RowMatrix<S>& first_moment(std::size_t i) const { return state_.buffer(i, 0); }
   const RowMatrix<S>& second_moment(std::size_t i) const { return state_.buffer(i, 1); }

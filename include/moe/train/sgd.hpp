@@ -44,6 +44,12 @@ class Sgd {
   const SgdConfig& config() const { return config_; }
   Index steps() const { return steps_; }  // completed steps
 
+  // For a learning-rate schedule: the momentum buffers are kept.
+  void set_lr(double lr) {
+    detail::check_positive(lr, "Sgd::set_lr", "lr");
+    config_.lr = lr;
+  }
+
   // step(params, grads)
   //   requires: grads lists the same names and shapes as params, in order (check_matching), and
   //             the same as on this optimizer's earlier steps.
