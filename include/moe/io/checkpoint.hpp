@@ -219,7 +219,7 @@ namespace moe::io {
 template <class S>
 CheckpointLayer<S> load_checkpoint_layer(const SafetensorsFile& file, CheckpointFormat format,
                                          const std::string& prefix = "", const CheckpointOptions& options = {}) {
-  detail::LayerTensors in(file, prefix, format);
+  moe::detail::LayerTensors in(file, prefix, format);
   const bool hf_names = format != CheckpointFormat::mixtral;
   const Index E = in.count_experts();
   // Fail on the format's first expert tensor before anything else: that names a wrong format.
@@ -227,20 +227,20 @@ CheckpointLayer<S> load_checkpoint_layer(const SafetensorsFile& file, Checkpoint
   const Index d = in.shape("gate.weight", 2)[1];
   RowMatrix<S> gate_weight(E, d);
   in.read("gate.weight", {E, d}, gate_weight,
-          detail::concat("[num_experts, d_model], ", E, " experts found under the prefix"));
+          moe::detail::concat("[num_experts, d_model], ", E, " experts found under the prefix"));
   Vector<S> selection_bias;
   if (format == CheckpointFormat::deepseek_v3) {
     selection_bias.resize(E);
     in.read("gate.e_score_correction_bias", {E}, Eigen::Map<RowMatrix<S>>(selection_bias.data(), 1, E),
             "[num_experts]");
   }
-  auto experts = detail::read_swiglu_bank<S>(in, "experts.", E, d, hf_names, false);
+  auto experts = moe::detail::read_swiglu_bank<S>(in, "experts.", E, d, hf_names, false);
   std::optional<SharedExperts<SwiGluExpert<S>>> shared;
   if (format == CheckpointFormat::qwen2_moe) {
-    shared.emplace(detail::read_swiglu_bank<S>(in, "shared_expert.", 1, d, true, true), /*gated=*/true);
+    shared.emplace(moe::detail::read_swiglu_bank<S>(in, "shared_expert.", 1, d, true, true), /*gated=*/true);
     in.read("shared_expert_gate.weight", {1, d}, shared->gate_weight(), "[1, d_model]");
   } else if (format != CheckpointFormat::mixtral) {
-    shared.emplace(detail::read_swiglu_bank<S>(in, "shared_experts.", 1, d, true, true), /*gated=*/false);
+    shared.emplace(moe::detail::read_swiglu_bank<S>(in, "shared_experts.", 1, d, true, true), /*gated=*/false);
   }
   in.check_all_used();
 

@@ -46,20 +46,20 @@ namespace moe::io {
 
 // "F32", "BF16", ... as written in safetensors headers.
 constexpr std::string_view dtype_name(Dtype d) {
-  for (const auto& e : detail::kDtypes)
+  for (const auto& e : moe::detail::kDtypes)
     if (e.dtype == d) return e.name;
   return "?";
 }
 
 // Bytes per element.
 constexpr std::size_t dtype_size(Dtype d) {
-  for (const auto& e : detail::kDtypes)
+  for (const auto& e : moe::detail::kDtypes)
     if (e.dtype == d) return e.size;
   return 0;
 }
 
 constexpr std::optional<Dtype> parse_dtype(std::string_view name) {
-  for (const auto& e : detail::kDtypes)
+  for (const auto& e : moe::detail::kDtypes)
     if (e.name == name) return e.dtype;
   return std::nullopt;
 }

@@ -88,7 +88,7 @@ SafetensorsWriter layer_writer(const CheckpointLayer<S>& layer) {
   const TopKGateConfig& g = layer.gate().config();
   const ExpertConfig& x = layer.experts().config();
   SafetensorsWriter w;
-  auto n = [](auto v) { return detail::number_text(static_cast<double>(v)); };
+  auto n = [](auto v) { return moe::detail::number_text(static_cast<double>(v)); };
   auto i = [](auto v) { return std::to_string(static_cast<long long>(v)); };
   w.metadata("moe.layer", std::string(kLayerFileTag));
   w.metadata("gate.d_model", i(g.d_model)).metadata("gate.num_experts", i(g.num_experts));
@@ -138,7 +138,7 @@ void save_layer(const CheckpointLayer<S>& layer, const std::filesystem::path& pa
 //           config_error if the saved configuration is invalid.
 template <class S>
 CheckpointLayer<S> load_layer(const SafetensorsFile& file) {
-  const detail::MetadataReader meta(file);
+  const moe::detail::MetadataReader meta(file);
   if (meta.text("moe.layer") != kLayerFileTag)
     meta.fail("moe.layer", "\"", meta.text("moe.layer"), "\" but expected \"", kLayerFileTag, "\"");
   TopKGateConfig g;
@@ -171,19 +171,19 @@ CheckpointLayer<S> load_layer(const SafetensorsFile& file) {
 
   TopKGate<S> gate(g);
   const Index E = g.num_experts, d = g.d_model;
-  detail::read_exact<S>(file, "gate.weight", {E, d}, gate.router().weight());
+  moe::detail::read_exact<S>(file, "gate.weight", {E, d}, gate.router().weight());
   if (g.router_bias)
-    detail::read_exact<S>(file, "gate.bias", {E}, Eigen::Map<RowMatrix<S>>(gate.router().bias().data(), 1, E));
-  if (g.noisy) detail::read_exact<S>(file, "gate.noise_weight", {E, d}, gate.noise_weight());
+    moe::detail::read_exact<S>(file, "gate.bias", {E}, Eigen::Map<RowMatrix<S>>(gate.router().bias().data(), 1, E));
+  if (g.noisy) moe::detail::read_exact<S>(file, "gate.noise_weight", {E, d}, gate.noise_weight());
   if (g.selection_bias)
-    detail::read_exact<S>(file, "gate.selection_bias", {E},
+    moe::detail::read_exact<S>(file, "gate.selection_bias", {E},
                           Eigen::Map<RowMatrix<S>>(gate.selection_bias().data(), 1, E));
   auto read_bank = [&](const std::string& prefix, const ExpertConfig& c) {
     SwiGluExpert<S> bank(c);
     const Index n = c.num_experts, f = c.d_ff;
-    detail::read_exact<S>(file, prefix + "w1", {n, f, c.d_model}, bank.w1().all());
-    detail::read_exact<S>(file, prefix + "w2", {n, c.d_model, f}, bank.w2().all());
-    detail::read_exact<S>(file, prefix + "w3", {n, f, c.d_model}, bank.w3().all());
+    moe::detail::read_exact<S>(file, prefix + "w1", {n, f, c.d_model}, bank.w1().all());
+    moe::detail::read_exact<S>(file, prefix + "w2", {n, c.d_model, f}, bank.w2().all());
+    moe::detail::read_exact<S>(file, prefix + "w3", {n, f, c.d_model}, bank.w3().all());
     return bank;
   };
   SwiGluExpert<S> experts = read_bank("experts.", x);
@@ -192,7 +192,7 @@ CheckpointLayer<S> load_layer(const SafetensorsFile& file) {
   const ExpertConfig sx{.num_experts = meta.number<Index>("shared.num_experts"), .d_model = x.d_model,
                         .d_ff = meta.number<Index>("shared.d_ff"), .seed = meta.number<std::uint64_t>("shared.seed")};
   SharedExperts<SwiGluExpert<S>> shared(read_bank("shared_experts.", sx), gated);
-  if (gated) detail::read_exact<S>(file, "shared_experts.gate_weight", {1, x.d_model}, shared.gate_weight());
+  if (gated) moe::detail::read_exact<S>(file, "shared_experts.gate_weight", {1, x.d_model}, shared.gate_weight());
   return CheckpointLayer<S>(std::move(gate), std::move(experts), std::move(shared));
 }
 

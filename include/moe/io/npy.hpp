@@ -63,7 +63,7 @@ class NpyFile {
   template <class S>
   void read_rows(MatrixRef<S> out) const {
     if (out.rows() != rows() || out.cols() != cols()) {
-      MOE_THROW(io_error(detail::concat(origin_, ": shape ", moe::detail::npy_shape(shape()),
+      MOE_THROW(io_error(moe::detail::concat(origin_, ": shape ", moe::detail::npy_shape(shape()),
                                         " reads as [", rows(), ", ", cols(),
                                         "] but the destination is [", out.rows(), ", ",
                                         out.cols(), "]")));
@@ -73,7 +73,7 @@ class NpyFile {
     const std::size_t row_bytes = static_cast<std::size_t>(cols()) * dtype_size(dtype());
     const std::byte* data = source_->bytes().data() + header_.data_offset;
     for (Index r = 0; r < out.rows(); ++r)
-      detail::convert_from(dtype(), data + static_cast<std::size_t>(r) * row_bytes,
+      moe::detail::convert_from(dtype(), data + static_cast<std::size_t>(r) * row_bytes,
                            static_cast<std::size_t>(cols()), &out(r, 0));
   }
 
@@ -91,12 +91,12 @@ std::vector<std::byte> npy_bytes(const Eigen::DenseBase<Derived>& m, const std::
                 "npy_bytes: the matrix must hold float or double");
   Index elements = 1;
   for (const Index d : shape) {
-    detail::check_config(d >= 0, "write_npy", "shape ", moe::detail::npy_shape(shape),
+    moe::detail::check_config(d >= 0, "write_npy", "shape ", moe::detail::npy_shape(shape),
                          " has a negative dimension");
     elements *= d;
   }
   if (elements != m.size())
-    MOE_THROW(shape_error(detail::concat("write_npy: shape ", moe::detail::npy_shape(shape), " has ",
+    MOE_THROW(shape_error(moe::detail::concat("write_npy: shape ", moe::detail::npy_shape(shape), " has ",
                                          elements, " elements but the matrix has ", m.size())));
   const Dtype dtype = std::is_same_v<S, float> ? Dtype::F32 : Dtype::F64;
   const std::string header = moe::detail::npy_header_bytes(dtype, shape);
@@ -104,7 +104,7 @@ std::vector<std::byte> npy_bytes(const Eigen::DenseBase<Derived>& m, const std::
   std::memcpy(out.data(), header.data(), header.size());
   RowMatrix<S> rows(m.rows(), m.cols());  // row-major whatever m's storage order
   rows.array() = m.derived().array();      // (m may be a matrix or an array expression)
-  detail::convert_to(dtype, rows.data(), static_cast<std::size_t>(elements),
+  moe::detail::convert_to(dtype, rows.data(), static_cast<std::size_t>(elements),
                      out.data() + header.size());
   return out;
 }

@@ -87,13 +87,13 @@ class SafetensorsFile {
 
   // Memory-maps the file read-only (unmapped when the file object and all its views are gone).
   static SafetensorsFile open(const std::filesystem::path& path) {
-    return SafetensorsFile(detail::ByteSource::map_file(path, "SafetensorsFile::open"),
+    return SafetensorsFile(moe::detail::ByteSource::map_file(path, "SafetensorsFile::open"),
                            path.string());
   }
   // Parses a copy of `bytes`; origin names them in errors. open() runs the same parser.
   static SafetensorsFile from_bytes(std::span<const std::byte> bytes,
                                     std::string origin = "<memory>") {
-    return SafetensorsFile(detail::ByteSource::copy_of(bytes), std::move(origin));
+    return SafetensorsFile(moe::detail::ByteSource::copy_of(bytes), std::move(origin));
   }
 
   const std::string& origin() const { return origin_; }
@@ -166,12 +166,12 @@ class SafetensorsFile {
 
   template <class... Parts>
   [[noreturn]] void fail(std::string_view tensor, const Parts&... what) const {
-    MOE_THROW(io_error(detail::concat(origin_, ": tensor '", tensor, "': ", what...)));
+    MOE_THROW(io_error(moe::detail::concat(origin_, ": tensor '", tensor, "': ", what...)));
     std::abort();  // only reached if MOE_THROW was overridden not to throw
   }
   template <class... Parts>
   [[noreturn]] void fail_header(const Parts&... what) const {
-    MOE_THROW(io_error(detail::concat(origin_, ": safetensors header: ", what...)));
+    MOE_THROW(io_error(moe::detail::concat(origin_, ": safetensors header: ", what...)));
     std::abort();
   }
 
@@ -192,14 +192,14 @@ class SafetensorsFile {
     if (t.cols() == 0) return;
     const std::size_t row_bytes = static_cast<std::size_t>(t.cols()) * dtype_size(t.dtype);
     for (Index r = 0; r < out.rows(); ++r)
-      detail::convert_from(t.dtype, data_.data() + t.begin + static_cast<std::size_t>(r) * row_bytes,
+      moe::detail::convert_from(t.dtype, data_.data() + t.begin + static_cast<std::size_t>(r) * row_bytes,
                            static_cast<std::size_t>(t.cols()), &out(r, 0));
   }
 
   void parse(std::span<const std::byte> file) {
     if (file.size() < 8)
       fail_header("the file has ", file.size(), " bytes but expected at least 8 (the header length)");
-    const auto n = detail::load_le<std::uint64_t>(file.data());
+    const auto n = moe::detail::load_le<std::uint64_t>(file.data());
     if (n > file.size() - 8)
       fail_header("header length ", n, " but expected at most ", file.size() - 8,
                   " (the bytes after the length field): truncated file?");

@@ -52,25 +52,25 @@ class SafetensorsWriter {
     static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>,
                   "SafetensorsWriter::add: the matrix must hold float or double");
     check_name(name);
-    detail::check_config(dtype == Dtype::F32 || dtype == Dtype::F64 || dtype == Dtype::F16 ||
+    moe::detail::check_config(dtype == Dtype::F32 || dtype == Dtype::F64 || dtype == Dtype::F16 ||
                              dtype == Dtype::BF16,
                          "SafetensorsWriter::add", "tensor '", name, "': dtype ", dtype_name(dtype),
                          " but expected F32, F64, F16 or BF16");
     Index elements = 1;
     for (const Index d : shape) {
-      detail::check_config(d >= 0, "SafetensorsWriter::add", "tensor '", name, "': shape ",
+      moe::detail::check_config(d >= 0, "SafetensorsWriter::add", "tensor '", name, "': shape ",
                            shape_to_json(shape), " has a negative dimension");
       elements *= d;
     }
     if (elements != m.size())
-      MOE_THROW(shape_error(detail::concat("SafetensorsWriter::add: tensor '", name, "': shape ",
+      MOE_THROW(shape_error(moe::detail::concat("SafetensorsWriter::add: tensor '", name, "': shape ",
                                            shape_to_json(shape), " has ", elements,
                                            " elements but the matrix has ", m.size())));
     RowMatrix<S> rows(m.rows(), m.cols());  // row-major whatever m's storage order
     rows.array() = m.derived().array();      // (m may be a matrix or an array expression)
     Entry entry{std::move(name), dtype, std::move(shape), {}};
     entry.data.resize(static_cast<std::size_t>(elements) * dtype_size(dtype));
-    detail::convert_to(dtype, rows.data(), static_cast<std::size_t>(elements), entry.data.data());
+    moe::detail::convert_to(dtype, rows.data(), static_cast<std::size_t>(elements), entry.data.data());
     names_.insert(entry.name);
     entries_.push_back(std::move(entry));
     return *this;
@@ -78,7 +78,7 @@ class SafetensorsWriter {
 
   // Adds (or replaces) a "__metadata__" string entry.
   SafetensorsWriter& metadata(std::string key, std::string value) {
-    detail::check_config(detail::valid_utf8(key) && detail::valid_utf8(value),
+    moe::detail::check_config(moe::detail::valid_utf8(key) && moe::detail::valid_utf8(value),
                          "SafetensorsWriter::metadata", "key and value must be valid UTF-8");
     metadata_[std::move(key)] = std::move(value);
     return *this;
@@ -98,7 +98,7 @@ class SafetensorsWriter {
   void write(const std::filesystem::path& path) const {
     const std::string head = header();
     const auto parts = chunks(head);
-    detail::write_file_atomically(path, parts, "SafetensorsWriter::write");
+    moe::detail::write_file_atomically(path, parts, "SafetensorsWriter::write");
   }
 
  private:
@@ -117,9 +117,9 @@ class SafetensorsWriter {
 
   void check_name(const std::string& name) const {
     const char* where = "SafetensorsWriter::add";
-    detail::check_config(name != "__metadata__", where, "\"__metadata__\" is reserved");
-    detail::check_config(detail::valid_utf8(name), where, "tensor names must be valid UTF-8");
-    detail::check_config(!names_.contains(name), where, "tensor '", name, "' added twice");
+    moe::detail::check_config(name != "__metadata__", where, "\"__metadata__\" is reserved");
+    moe::detail::check_config(moe::detail::valid_utf8(name), where, "tensor names must be valid UTF-8");
+    moe::detail::check_config(!names_.contains(name), where, "tensor '", name, "' added twice");
   }
 
   // Entries in data order: wider dtypes first (the reference sorts by dtype, descending), then name.
@@ -148,7 +148,7 @@ class SafetensorsWriter {
     std::size_t offset = 0;
     for (const Entry* e : ordered()) {
       if (json.size() > 1) json += ",";
-      json += detail::concat(json::quote(e->name), ":{\"dtype\":\"", dtype_name(e->dtype),
+      json += moe::detail::concat(json::quote(e->name), ":{\"dtype\":\"", dtype_name(e->dtype),
                              "\",\"shape\":", shape_to_json(e->shape), ",\"data_offsets\":[",
                              offset, ",", offset + e->data.size(), "]}");
       offset += e->data.size();

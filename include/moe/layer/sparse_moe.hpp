@@ -139,7 +139,7 @@ class SparseMoE {
     detail::check_dim(who, "d_expert_out.rows()", d_expert_out.rows(), "dispatch rows", rows);
     detail::check_dim(who, "d_weight.rows()", d_weight.rows(), "x.rows()", T);
     detail::check_dim(who, "d_weight.cols()", d_weight.cols(), "slots", k);
-    const detail::EigenSingleThreaded single_threaded_eigen;
+    [[maybe_unused]] const detail::EigenSingleThreaded single_threaded_eigen;
 
     // Experts, one work item each; then d_x[t] = Σ_j d_rows[row(t, j)] in slot order.
     grow(d_rows_, rows, d_model());
@@ -225,7 +225,7 @@ class SparseMoE {
     detail::check_dim(who, "x.cols()", x.cols(), "d_model", d);
     detail::check_dim(who, "y.rows()", y.rows(), "x.rows()", x.rows());
     detail::check_dim(who, "y.cols()", y.cols(), "d_model", d);
-    const detail::EigenSingleThreaded single_threaded_eigen;
+    [[maybe_unused]] const detail::EigenSingleThreaded single_threaded_eigen;
     state.training = false;
     if (training) state.x = x;  // x may be y itself (an in-place call): nothing reads x after y is written
 
