@@ -1,5 +1,6 @@
 // bench_layer: one forward pass of the whole layer, SparseMoE<SwiGluExpert<float>, TopKGate<float>>
-// (router softmax → top-k → renormalise, as in Mixtral), on the reference shapes of BENCHMARKS.md.
+// (router softmax → top-k → renormalise, as in Mixtral), on the reference shapes of BENCHMARKS.md;
+// and one training step's forward + backward of the same layer.
 //
 // Run:
 //   bench_layer --benchmark_filter='small|mixtral-mini' --benchmark_min_time=0.05
@@ -12,6 +13,8 @@
 //                 are excluded (deepseek-moe runs its 2 shared experts, but they are not counted).
 //   GBps          distinct routed expert weight bytes the batch touches, per second.
 //   tokens_per_s  tokens per second.
+//   BM_Layer_ForwardBackward/...: forward with a cache + backward (d_x and every gradient); GFLOPS
+//   counts 3× the forward's expert FLOPs (BENCHMARKS.md's convention). Not for mixtral-8x7b.
 // Decode (T ≤ 16) is memory-bound: compare GBps with the DRAM bandwidth. Prefill (T ≥ 128) is
 // compute-bound: compare GFLOPS with the FMA peak. BENCHMARKS.md has both; the machine is noisy, so
 // quote ratios from one run, not absolute numbers from different days.
@@ -135,6 +138,46 @@ void BM_Layer_Forward(benchmark::State& state, const Shape& s, Index num_tokens,
       Counter(static_cast<double>(num_tokens) * static_cast<double>(state.iterations()), Counter::kIsRate);
 }
 
+// Gradients shaped like the layer of shape s, kept across the benchmarks of that shape.
+Layer::Gradients& gradients_for(const Shape& s, Layer& layer) {
+  static std::unique_ptr<Layer::Gradients> grads;
+  static std::string_view built;
+  if (!grads || built != s.name) {
+    grads.reset();
+    grads = std::make_unique<Layer::Gradients>(layer.make_gradients());
+    built = s.name;
+  }
+  return *grads;
+}
+
+void BM_Layer_ForwardBackward(benchmark::State& state, const Shape& s, Index num_tokens, int threads) {
+  Layer& layer = layer_for(s);
+  layer.set_num_threads(threads);
+  Layer::Gradients& grads = gradients_for(s, layer);
+  const auto inputs = make_inputs(s, num_tokens);
+  const moe::RowMatrix<float> d_y = make_inputs(s, num_tokens).back();
+  moe::RowMatrix<float> y(num_tokens, s.d_model), d_x(num_tokens, s.d_model);
+  Layer::Cache cache;
+  layer.forward(inputs[0], y, cache);  // sizes the cache and the layer's buffers
+  layer.backward(cache, d_y, d_x, grads);
+
+  Index assignments = 0;
+  std::size_t batch = 0;
+  for (auto _ : state) {
+    layer.forward(inputs[batch], y, cache);
+    layer.backward(cache, d_y, d_x, grads);  // gradients accumulate, as over micro-batches
+    benchmark::DoNotOptimize(d_x.data());
+    benchmark::ClobberMemory();
+    assignments += layer.last_stats().assignments;
+    batch = (batch + 1) % inputs.size();
+  }
+
+  using benchmark::Counter;
+  state.counters["GFLOPS"] = Counter(3 * moe::bench::expert_flops(s, assignments) * 1e-9, Counter::kIsRate);
+  state.counters["tokens_per_s"] =
+      Counter(static_cast<double>(num_tokens) * static_cast<double>(state.iterations()), Counter::kIsRate);
+}
+
 void register_benchmarks() {
   for (const Shape& s : moe::bench::kShapes) {
     // mixtral-8x7b is decode only: one real Mixtral layer, prefill would take seconds per token batch.
@@ -146,6 +189,15 @@ void register_benchmarks() {
                                  "/threads:" + std::to_string(threads);
         benchmark::RegisterBenchmark(name.c_str(), BM_Layer_Forward, s, num_tokens, threads)
             ->UseRealTime()  // the layer's OpenMP threads do not show in the main thread's CPU time
+            ->Unit(benchmark::kMillisecond);
+      }
+    if (s.name == moe::bench::kMixtral8x7b.name) continue;  // decode only, and its gradients need 5.6 GB more
+    for (const Index num_tokens : token_counts)
+      for (const int threads : {1, 2}) {
+        const std::string name = "BM_Layer_ForwardBackward/" + std::string(s.name) + "/T:" +
+                                 std::to_string(num_tokens) + "/threads:" + std::to_string(threads);
+        benchmark::RegisterBenchmark(name.c_str(), BM_Layer_ForwardBackward, s, num_tokens, threads)
+            ->UseRealTime()
             ->Unit(benchmark::kMillisecond);
       }
   }
