@@ -109,8 +109,9 @@ void BM_Layer_Forward(benchmark::State& state, const Shape& s, Index num_tokens,
   // fits this machine's 260 MiB L3 and stays resident, as it would in a real model of that size.
   // The other shapes are larger than L3, yet their decode working set need not be: at T = 1 the
   // two experts of mixtral-mini are 88 MB, and even rotating batches cycles through only 352 MB,
-  // which an adaptive L3 replacement policy keeps partly resident. So evict, outside the timer.
-  // (Prefill touches every expert with many tokens each and is compute-bound: no eviction.)
+  // which an adaptive L3 replacement policy may keep partly resident. So evict, outside the timer.
+  // (On this shared VM it made no measurable difference; it makes the result independent of the
+  // cache policy. Prefill touches every expert with many tokens each and is compute-bound.)
   const bool evict = num_tokens <= kDecodeTokens &&
                      moe::bench::routed_weight_bytes(s) > static_cast<double>(last_level_cache_bytes());
 
