@@ -59,11 +59,15 @@ std::unique_ptr<Layer> make_layer(const Shape& s) {
 // The layer of shape s, built on first use. Only one layer lives at a time: mixtral-8x7b is 5.6 GB
 // and deepseek-moe 2.2 GB. Benchmarks run in registration order, grouped by shape, so each shape
 // is built once per run.
+// The gradients of the current shape's layer (BM_Layer_ForwardBackward), freed with it.
+std::unique_ptr<Layer::Gradients> gradients;
+
 Layer& layer_for(const Shape& s) {
   static std::unique_ptr<Layer> layer;
   static std::string_view built;
   if (!layer || built != s.name) {
-    layer.reset();  // free the previous shape before allocating the next
+    gradients.reset();  // free the previous shape (and its gradients) before allocating the next
+    layer.reset();
     const auto start = std::chrono::steady_clock::now();
     layer = make_layer(s);
     built = s.name;
@@ -141,14 +145,13 @@ void BM_Layer_Forward(benchmark::State& state, const Shape& s, Index num_tokens,
 
 // Gradients shaped like the layer of shape s, kept across the benchmarks of that shape.
 Layer::Gradients& gradients_for(const Shape& s, Layer& layer) {
-  static std::unique_ptr<Layer::Gradients> grads;
   static std::string_view built;
-  if (!grads || built != s.name) {
-    grads.reset();
-    grads = std::make_unique<Layer::Gradients>(layer.make_gradients());
+  if (!gradients || built != s.name) {
+    gradients.reset();
+    gradients = std::make_unique<Layer::Gradients>(layer.make_gradients());
     built = s.name;
   }
-  return *grads;
+  return *gradients;
 }
 
 void BM_Layer_ForwardBackward(benchmark::State& state, const Shape& s, Index num_tokens, int threads) {
