@@ -3,6 +3,7 @@
 #include <moe/kernels/dispatch.hpp>
 
 #include "support/compare.hpp"
+#include "support/plans.hpp"
 
 #include <gtest/gtest.h>
 
@@ -17,27 +18,14 @@ using moe::Index;
 using moe::kEmptySlot;
 using moe::RoutingPlan;
 using moe::RowMatrix;
+using moe::test::hand_plan;
+using moe::test::random_plan;
 using Ints = std::vector<std::int32_t>;
 using Offsets = std::vector<Index>;
 
 constexpr Index kTokens = 7, kSlots = 2, kExperts = 4, kModel = 8;
 constexpr std::int32_t X = kEmptySlot;
 
-// T = 7, k = 2, E = 4. Expert 2 gets no token, token 4 has no slot, token 2 has one empty slot,
-// slot (3, 1) is dropped by capacity.
-template <class S>
-RoutingPlan<S> hand_plan() {
-  RoutingPlan<S> plan;
-  plan.reset(kTokens, kSlots, kExperts);
-  const std::int32_t experts[kTokens][kSlots] = {{1, 0}, {3, 1}, {0, X}, {1, 3}, {X, X}, {0, 3}, {3, 0}};
-  for (Index t = 0; t < kTokens; ++t)
-    for (Index j = 0; j < kSlots; ++j) {
-      plan.expert(t, j) = experts[t][j];
-      plan.weight(t, j) = static_cast<S>(0.1 * static_cast<double>(t * kSlots + j + 1));
-    }
-  plan.dropped(3, 1) = 1;
-  return plan;
-}
 
 // Bucket by bucket: for each expert, scan the slots in (token, slot) order.
 template <class S>
@@ -58,28 +46,6 @@ DispatchPlan reference_dispatch(const RoutingPlan<S>& plan) {
   return d;
 }
 
-// Seeded plan: each token picks k distinct experts (partial Fisher–Yates with moe::uniform01, so
-// the plan is the same on every standard library); some slots are then emptied or dropped.
-template <class S>
-RoutingPlan<S> random_plan(Index T, Index k, Index E, std::uint64_t seed) {
-  moe::Generator rng(seed);
-  RoutingPlan<S> plan;
-  plan.reset(T, k, E);
-  std::vector<std::int32_t> pool(static_cast<std::size_t>(E));
-  for (Index t = 0; t < T; ++t) {
-    for (Index e = 0; e < E; ++e) pool[static_cast<std::size_t>(e)] = static_cast<std::int32_t>(e);
-    for (Index j = 0; j < k; ++j) {
-      const auto pick = j + static_cast<Index>(moe::uniform01(rng) * static_cast<double>(E - j));
-      std::swap(pool[static_cast<std::size_t>(j)], pool[static_cast<std::size_t>(pick)]);
-      plan.expert(t, j) = pool[static_cast<std::size_t>(j)];
-      plan.weight(t, j) = static_cast<S>(moe::uniform01(rng));
-      const double fate = moe::uniform01(rng);
-      if (fate < 0.1) plan.expert(t, j) = kEmptySlot;
-      else if (fate < 0.25) plan.dropped(t, j) = 1;
-    }
-  }
-  return plan;
-}
 
 template <class S>
 class DispatchTest : public ::testing::Test {};
