@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -221,10 +222,16 @@ TEST(GatedExpertGrad, GeGluMatchesFiniteDifferences) {
   EXPECT_TRUE(result.ok) << result.log;
 }
 
-TEST(GatedExpertGrad, BackwardScratchIsTwoHiddenBlocks) {
+TEST(GatedExpertGrad, BackwardScratchIsTwoHiddenBlocksAndThePackingOfItsLargestProduct) {
   const auto expert = make_expert<float, moe::Silu>();
-  EXPECT_EQ(expert.backward_scratch_size(kTokens), 2 * kTokens * kHidden);
+  const moe::Index d = expert.d_model(), f = kHidden, n = kTokens;
+  using moe::kernels::gemm_workspace_size;
+  // The products: d_w2 [d, f] and d_w1, d_w3 [f, d] over the n tokens; d_h [n, f] over d; d_x [n, d] over f.
+  EXPECT_EQ(expert.backward_scratch_size(n),
+            2 * n * f + std::max({gemm_workspace_size<float>(d, f, n), gemm_workspace_size<float>(f, d, n),
+                                  gemm_workspace_size<float>(n, f, d), gemm_workspace_size<float>(n, d, f)}));
   static_assert(moe::TrainableExpert<moe::SwiGluExpert<float>>);
+  static_assert(moe::PackedExpert<moe::SwiGluExpert<float>>);
 }
 
 }  // namespace

@@ -230,6 +230,70 @@ TYPED_TEST(SparseMoEBinding, OnlyRowMajorInputsOfTheLayerScalarCompile) {
   SUCCEED();  // the assertions above are checked by the compiler
 }
 
+// ---- packed weights follow the weights -------------------------------------------------------
+// The fast path packs each expert's weights on first use (SparseMoE::prepack). Every way of changing
+// the weights must reach the output: compared with a twin layer that had the same change made
+// before it ever ran, bit for bit.
+
+template <class S>
+class SparseMoEPacked : public ::testing::Test {};
+TYPED_TEST_SUITE(SparseMoEPacked, test::Scalars);
+
+template <class S>
+void double_first_expert(MixtralLayer<S>& layer) {
+  layer.experts().w2()[0] *= S(2);
+}
+
+TYPED_TEST(SparseMoEPacked, MutableAccessToTheWeightsDropsThePackedCopies) {
+  using S = TypeParam;
+  auto layer = mixtral_layer<S>(), twin = mixtral_layer<S>();
+  const RowMatrix<S> x = random_matrix<S>(kTokens, kDModel, 811);
+  RowMatrix<S> y(kTokens, kDModel), y_twin(kTokens, kDModel);
+  layer.prepack();
+  layer.forward(x, y);
+  double_first_expert(layer);
+  double_first_expert(twin);
+  layer.forward(x, y);
+  twin.forward(x, y_twin);
+  ASSERT_GT(layer.last_stats().assignments, 0);
+  EXPECT_TRUE(same_bits(y, y_twin));
+  MOE_EXPECT_CLOSE(S, y, reference_layer_forward(layer, x));
+}
+
+TYPED_TEST(SparseMoEPacked, WritesThroughKeptViewsNeedWeightsChangedOrATrainingForward) {
+  using S = TypeParam;
+  auto layer = mixtral_layer<S>(), twin = mixtral_layer<S>();
+  const RowMatrix<S> x = random_matrix<S>(kTokens, kDModel, 812);
+  RowMatrix<S> y(kTokens, kDModel), y_twin(kTokens, kDModel);
+  const ParameterList<S> views = layer.parameters();  // kept, as an optimizer keeps them
+  const auto scale_experts = [](const ParameterList<S>& list) {
+    for (const auto& view : list)
+      if (view.name.starts_with("experts.")) view.matrix() *= S(0.5);
+  };
+  layer.forward(x, y);  // packs
+  scale_experts(views);
+  scale_experts(twin.parameters());
+  twin.forward(x, y_twin);
+  layer.weights_changed();
+  layer.forward(x, y);
+  EXPECT_TRUE(same_bits(y, y_twin)) << "inference after weights_changed()";
+
+  // An optimizer step between training forwards needs nothing: a training forward packs afresh
+  // and leaves nothing packed for the inference forward after it.
+  typename MixtralLayer<S>::Cache cache, twin_cache;
+  layer.forward(x, y, cache);
+  scale_experts(views);
+  scale_experts(twin.parameters());
+  layer.forward(x, y, cache);
+  twin.forward(x, y_twin, twin_cache);
+  EXPECT_TRUE(same_bits(y, y_twin)) << "training forward after a step";
+  scale_experts(views);
+  scale_experts(twin.parameters());
+  layer.forward(x, y);
+  twin.forward(x, y_twin);
+  EXPECT_TRUE(same_bits(y, y_twin)) << "inference after a training forward and a step";
+}
+
 // ---- edge cases ------------------------------------------------------------------------------
 
 template <class S>

@@ -6,6 +6,7 @@
 #include "moe/experts/activations.hpp"
 #include "moe/experts/expert_config.hpp"
 #include "moe/experts/param_bank.hpp"
+#include "moe/kernels/gemm.hpp"
 #include "moe/train/parameters.hpp"
 
 namespace moe {
@@ -26,7 +27,13 @@ class GatedExpert {
   // forward's working memory, kept for backward in training: h1 = x·w1ᵀ, h3 = x·w3ᵀ and
   // h = act(h1) ⊙ h3, each [n, d_ff].
   Index scratch_size(Index n) const { return 3 * n * config_.d_ff; }
-  Index backward_scratch_size(Index n) const { return 2 * n * config_.d_ff; }
+  // backward's: d_h1 and d_h3 [n, d_ff], and the packing space of its largest product.
+  Index backward_scratch_size(Index n) const {
+    const Index d = d_model(), f = d_ff();
+    using kernels::gemm_workspace_size;
+    return 2 * n * f + std::max({gemm_workspace_size<S>(d, f, n), gemm_workspace_size<S>(n, f, d),
+                                 gemm_workspace_size<S>(f, d, n), gemm_workspace_size<S>(n, d, f)});
+  }
 
   // See the Expert concept.
   void forward(Index e, ConstMatrixRef<S> x, MatrixRef<S> y, std::span<S> scratch) const {
@@ -53,30 +60,103 @@ class GatedExpert {
     const Eigen::Map<const RowMatrix<S>> h1(saved.data(), n, f), h3(saved.data() + n * f, n, f),
         h(saved.data() + 2 * n * f, n, f);
     Eigen::Map<RowMatrix<S>> d_h1(scratch.data(), n, f), d_h3(scratch.data() + n * f, n, f);
-    grads.w2_[e].noalias() += d_y.transpose() * h;
-    d_h3.noalias() = d_y * w2_[e];  // d_h for now
+    const std::span<S> work = scratch.subspan(static_cast<std::size_t>(2 * n * f));
+    using kernels::gemm;
+    using kernels::strided;
+    // The products run on the forward's packed kernels (kernels/gemm.hpp), packing as they go.
+    gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work);   // d_w2 += d_yᵀ·h
+    gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_h3, false, work);          // d_h, for now
     d_h1.array() = d_h3.array() * h3.array() * Activation::derivative(h1.array());
     d_h3.array() *= Activation::apply(h1.array());
-    grads.w1_[e].noalias() += d_h1.transpose() * x;
-    grads.w3_[e].noalias() += d_h3.transpose() * x;
-    d_x.noalias() = d_h1 * w1_[e];
-    d_x.noalias() += d_h3 * w3_[e];
+    gemm<S>(strided<S>(d_h1).transposed(), strided<S>(x), n, grads.w1_[e], true, work);  // d_w1 += d_h1ᵀ·x
+    gemm<S>(strided<S>(d_h3).transposed(), strided<S>(x), n, grads.w3_[e], true, work);  // d_w3 += d_h3ᵀ·x
+    gemm<S>(strided<S>(d_h1), strided<S>(w1_[e]), f, d_x, false, work);                  // d_x = d_h1·w1
+    gemm<S>(strided<S>(d_h3), strided<S>(w3_[e]), f, d_x, true, work);                   //     + d_h3·w3
   }
 
   Gradients make_gradients() const { return GatedExpert(config_, /*zeros=*/true); }
 
+  // Hands out mutable views: the packed copies below are dropped.
   void collect_parameters(const std::string& prefix, ParameterList<S>& out) {
+    weights_changed();
     add_parameter(out, prefix, "w1", w1_);
     add_parameter(out, prefix, "w2", w2_);
     add_parameter(out, prefix, "w3", w3_);
   }
 
-  ParamBank<S>& w1() { return w1_; }
+  // Mutable access drops the packed copies (the caller may write).
+  ParamBank<S>& w1() { return weights_changed(), w1_; }
   const ParamBank<S>& w1() const { return w1_; }
-  ParamBank<S>& w2() { return w2_; }
+  ParamBank<S>& w2() { return weights_changed(), w2_; }
   const ParamBank<S>& w2() const { return w2_; }
-  ParamBank<S>& w3() { return w3_; }
+  ParamBank<S>& w3() { return weights_changed(), w3_; }
   const ParamBank<S>& w3() const { return w3_; }
+
+  // ---- The layer's fast path (the PackedExpert concept; kernels/gemm.hpp) ----
+  // The weights are packed into the micro-kernel's panels, expert by expert on first use, and the
+  // packed copies are dropped whenever the weights may change (mutable access, collect_parameters,
+  // weights_changed()). With P the packet size:
+  //   up panel p:   hidden units [p·P, p·P + P): those rows of w1, then the same rows of w3, so one
+  //                 tile holds x·w1ᵀ and x·w3ᵀ for P units and act(h1) ⊙ h3 is formed as it is stored;
+  //   down panel p: outputs [p·kNR, p·kNR + kNR) of h·w2ᵀ, scaled by the routing weight as stored.
+  Index up_panels() const { return (d_ff() + kPacket - 1) / kPacket; }
+  Index down_panels() const { return kernels::num_panels<S>(d_model()); }
+  void weights_changed() {
+    up_packed_.clear();
+    down_packed_.clear();
+  }
+
+  void prepack(Index e) {
+    const Index d = d_model(), f = d_ff();
+    up_packed_.ensure(e, up_panels() * d * kNR, [&](S* out) {
+      for (Index p = 0; p < up_panels(); ++p) {
+        const Index unit = p * kPacket, units = std::min<Index>(kPacket, f - unit);
+        S* panel = out + p * d * kNR;
+        if (units < kPacket) Eigen::Map<RowMatrix<S>>(panel, d, kNR).setZero();
+        kernels::pack_rows_as_columns<S>(w1_[e].middleRows(unit, units), panel, 0);
+        kernels::pack_rows_as_columns<S>(w3_[e].middleRows(unit, units), panel, kPacket);
+      }
+    });
+    down_packed_.ensure(e, down_panels() * f * kNR, [&](S* out) {
+      kernels::pack_b<S>(kernels::Strided<S>{w2_[e].data(), 1, f}, f, d, out);
+    });
+  }
+
+  // See the PackedExpert concept. memory is forward()'s: [h1 | h3 | h], each [n, d_ff]; h1 = x·w1ᵀ
+  // and h3 = x·w3ᵀ are stored only when kept for backward.
+  S* hidden(std::span<S> memory, Index n) const { return memory.data() + 2 * n * d_ff(); }
+
+  void forward_up(Index e, Index n, const S* packed_x, Index p_begin, Index p_end, S* tiles, std::span<S> memory,
+                  bool keep) const {
+    using Tile = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+    using Out = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+    const Index f = d_ff();
+    S* const h1 = memory.data();
+    S* const h3 = h1 + n * f;
+    S* const h = hidden(memory, n);
+    kernels::multiply_packed<S>(n, d_model(), packed_x, up_packed_[e], p_begin, p_end, tiles,
+                                [&](Index i0, Index mr, Index p, const S* tile) {
+      const Index unit = p * kPacket, units = std::min<Index>(kPacket, f - unit), at = i0 * f + unit;
+      const Tile t1(tile, mr, units, Eigen::OuterStride<>(kNR)), t3(tile + kPacket, mr, units, Eigen::OuterStride<>(kNR));
+      Out(h + at, mr, units, Eigen::OuterStride<>(f)) = Activation::apply(t1) * t3;
+      if (!keep) return;
+      Out(h1 + at, mr, units, Eigen::OuterStride<>(f)) = t1;
+      Out(h3 + at, mr, units, Eigen::OuterStride<>(f)) = t3;
+    });
+  }
+
+  // See the PackedExpert concept: y = scale ⊙ h·w2ᵀ.
+  void forward_down(Index e, Index n, const S* packed_h, Index p_begin, Index p_end, S* tiles, const S* scale,
+                    MatrixRef<S> y) const {
+    kernels::multiply_packed<S>(n, d_ff(), packed_h, down_packed_[e], p_begin, p_end, tiles,
+                                [&](Index i0, Index mr, Index p, const S* tile) {
+      const Index j0 = p * kNR, cols = std::min<Index>(kNR, d_model() - j0);
+      for (Index i = 0; i < mr; ++i) {
+        const S s = scale ? scale[i0 + i] : S(1);
+        for (Index j = 0; j < cols; ++j) y(i0 + i, j0 + j) = s * tile[i * kNR + j];
+      }
+    });
+  }
 
  private:
   GatedExpert(const ExpertConfig& config, bool zeros) : config_(config) {
@@ -86,6 +166,8 @@ class GatedExpert {
     w1_ = ParamBank<S>(E, f, d);
     w3_ = ParamBank<S>(E, f, d);
     w2_ = ParamBank<S>(E, d, f);
+    up_packed_ = kernels::PackedBank<S>(E);
+    down_packed_ = kernels::PackedBank<S>(E);
     if (zeros) return;
     Generator rng(config.seed);
     w1_.init_uniform(d, rng);
@@ -93,8 +175,11 @@ class GatedExpert {
     w2_.init_uniform(f, rng);
   }
 
+  static constexpr int kPacket = kernels::Blocking<S>::kPacket, kNR = kernels::Blocking<S>::kNR;
+
   ExpertConfig config_;
   ParamBank<S> w1_, w2_, w3_;
+  kernels::PackedBank<S> up_packed_, down_packed_;
 };
 
 template <class S> using SwiGluExpert = GatedExpert<S, Silu>;

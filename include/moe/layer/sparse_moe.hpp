@@ -182,6 +182,20 @@ class SparseMoE {
     return out;
   }
 
+  // The fast path (PackedExpert: GatedExpert, so SwiGLU and GeGLU) packs each expert's weights for
+  // its kernels on the expert's first use. prepack() packs them all now (after loading, say), so
+  // that no forward pays for it. The packed copies are dropped whenever the weights may change:
+  // mutable access to the weights (w1() of a non-const GatedExpert…), parameters(), and every
+  // training forward. Writing through
+  // views kept from before, then calling the inference forward, needs weights_changed() first.
+  void prepack() {
+    if constexpr (PackedExpert<X>)
+      detail::parallel_for(num_experts(), threads(), [&](Index e, int) { experts_.prepack(e); });
+  }
+  void weights_changed() {
+    if constexpr (PackedExpert<X>) experts_.weights_changed();
+  }
+
   const RoutingStats& last_stats() const { return stats_; }
   const RoutingPlan<S>& last_plan() const { return last_plan_; }
 
@@ -236,14 +250,18 @@ class SparseMoE {
     grow(state.expert_out, rows, d);
     kernels::gather_rows<S>(x, state.dispatch.token, state.gathered.topRows(rows));
     run_experts(state, training);
+    // The fast path's inference applies the routing weights as the experts store their outputs.
+    const bool weighted = PackedExpert<X> && !training;
+    if (weighted) ones_.setOnes(x.rows(), state.plan.slots_per_token());
+    const auto& combine_weight = weighted ? ones_ : state.plan.weight;
     if (shared_) {  // the shared experts read x: combine into a buffer and write y last
       grow(routed_, x.rows(), d);
       auto routed = routed_.topRows(x.rows());
-      kernels::combine<S>(state.plan.weight, state.dispatch, state.expert_out.topRows(rows), routed);
+      kernels::combine<S>(combine_weight, state.dispatch, state.expert_out.topRows(rows), routed);
       shared_->forward_add(x, routed, threads(), training ? &state.shared : nullptr);
       y = routed;
     } else {
-      kernels::combine<S>(state.plan.weight, state.dispatch, state.expert_out.topRows(rows), y);
+      kernels::combine<S>(combine_weight, state.dispatch, state.expert_out.topRows(rows), y);
     }
 
     state.training = training;
@@ -251,36 +269,98 @@ class SparseMoE {
     compute_routing_stats(state.plan, state.dispatch, stats_);
   }
 
-  // expert_out[block of e] = expert_e(gathered[block of e]) for every expert with tokens. In
-  // training each block keeps its own working memory for backward; otherwise threads share.
+  // expert_out[block of e] = expert_e(gathered[block of e]) for every expert with tokens. Each
+  // block has its own working memory in state.saved, which a training forward keeps for backward.
   void run_experts(Cache& state, bool training) {
     const DispatchPlan& dispatch = state.dispatch;
-    if (training) {
-      state.saved_offset.resize(static_cast<std::size_t>(num_experts() + 1));
-      state.saved_offset[0] = 0;
-      for (Index e = 0; e < num_experts(); ++e)
-        state.saved_offset[e + 1] = state.saved_offset[e] + experts_.scratch_size(dispatch.rows_of(e));
+    state.saved_offset.resize(static_cast<std::size_t>(num_experts() + 1));
+    state.saved_offset[0] = 0;
+    for (Index e = 0; e < num_experts(); ++e)
+      state.saved_offset[e + 1] = state.saved_offset[e] + experts_.scratch_size(dispatch.rows_of(e));
+    if (state.saved.size() < static_cast<std::size_t>(state.saved_offset.back()))
       state.saved.resize(static_cast<std::size_t>(state.saved_offset.back()));
+    find_active_experts(dispatch);
+    if constexpr (PackedExpert<X>) {
+      run_packed_experts(state, training);
+    } else {
+      run_on_active_experts(dispatch, 0, [&](Index e, std::span<S>) {
+        const Index begin = dispatch.offset[e], n = dispatch.rows_of(e);
+        experts_.forward(e, state.gathered.middleRows(begin, n), state.expert_out.middleRows(begin, n),
+                         saved_block(state, e));
+      });
     }
-    run_on_active_experts(dispatch, training ? 0 : experts_.scratch_size(max_rows(dispatch)),
-                          [&](Index e, std::span<S> scratch) {
-      const Index begin = dispatch.offset[e], n = dispatch.rows_of(e);
-      const std::span<S> memory = training ? saved_block(state, e) : scratch.first(experts_.scratch_size(n));
-      experts_.forward(e, state.gathered.middleRows(begin, n), state.expert_out.middleRows(begin, n), memory);
+  }
+
+  // The fast path (DESIGN.md §4): weights packed once; inputs packed per expert; then two phases of
+  // (expert × panel range) work items — up (w1, w3, activation) and down (w2, routing weight in
+  // inference) — in which every output element is computed by one item in a fixed order.
+  void run_packed_experts(Cache& state, bool training)
+    requires PackedExpert<X>
+  {
+    const DispatchPlan& dispatch = state.dispatch;
+    const Index d = d_model(), f = experts_.d_ff(), rows = dispatch.num_rows(), k = state.plan.slots_per_token();
+    const int n_threads = expert_threads(dispatch);
+    if (training) experts_.weights_changed();  // the caller may have stepped the weights through views
+    if (active_.empty()) return;
+    if (packed_in_.size() < static_cast<std::size_t>(rows * std::max(d, f)))
+      packed_in_.resize(static_cast<std::size_t>(rows * std::max(d, f)));
+    const Index tiles = rows * kernels::Blocking<S>::kNR;  // ≥ any expert's: no growth at a given T
+    if (scratch_.size() < static_cast<std::size_t>(tiles * n_threads)) scratch_.resize(static_cast<std::size_t>(tiles * n_threads));
+    row_weight_.resize(static_cast<std::size_t>(rows));
+    for (Index slot = 0; slot < state.plan.weight.size(); ++slot)
+      if (const auto r = dispatch.row[slot]; r != kEmptySlot) row_weight_[r] = state.plan.weight(slot / k, slot % k);
+
+    const auto per_expert = [&](auto&& body) {
+      detail::parallel_for(static_cast<Index>(active_.size()), n_threads, [&](Index item, int) {
+        const Index e = active_[item];
+        body(e, dispatch.offset[e], dispatch.rows_of(e));
+      });
+    };
+    const auto per_panel_range = [&](Index panels, auto&& body) {
+      // At least ~8 items per thread for balance; an expert is split no more than that needs.
+      const Index splits = std::max<Index>(1, (8 * n_threads + Index(active_.size()) - 1) / Index(active_.size()));
+      const Index chunk = (panels + splits - 1) / splits, per = (panels + chunk - 1) / chunk;
+      detail::parallel_for(Index(active_.size()) * per, n_threads, [&](Index item, int thread) {
+        const Index e = active_[item / per], p0 = item % per * chunk;
+        body(e, dispatch.offset[e], dispatch.rows_of(e), p0, std::min(panels, p0 + chunk), scratch_.data() + thread * tiles);
+      });
+    };
+
+    per_expert([&](Index e, Index begin, Index n) {
+      experts_.prepack(e);
+      kernels::pack_a(kernels::strided<S>(state.gathered.middleRows(begin, n)), n, d, packed_in_.data() + begin * d);
     });
+    per_panel_range(experts_.up_panels(), [&](Index e, Index begin, Index n, Index p0, Index p1, S* tile) {
+      experts_.forward_up(e, n, packed_in_.data() + begin * d, p0, p1, tile, saved_block(state, e), training);
+    });
+    per_expert([&](Index e, Index begin, Index n) {
+      kernels::pack_a(kernels::Strided<S>{experts_.hidden(saved_block(state, e), n), f, 1}, n, f, packed_in_.data() + begin * f);
+    });
+    per_panel_range(experts_.down_panels(), [&](Index e, Index begin, Index n, Index p0, Index p1, S* tile) {
+      experts_.forward_down(e, n, packed_in_.data() + begin * f, p0, p1, tile,
+                            training ? nullptr : row_weight_.data() + begin, state.expert_out.middleRows(begin, n));
+    });
+    if (training) experts_.weights_changed();  // and the weights may change before the next call
+  }
+
+  void find_active_experts(const DispatchPlan& dispatch) {
+    active_.clear();
+    for (Index e = 0; e < num_experts(); ++e)
+      if (dispatch.rows_of(e) > 0) active_.push_back(e);
+  }
+
+  // Starting threads costs more than tiny batches take (and spinning threads hurt on a busy
+  // machine): below ~1 MFLOP-equivalent of expert work, one thread. Bits are the same either way.
+  int expert_threads(const DispatchPlan& dispatch) const {
+    const Index work = dispatch.num_rows() * d_model() * std::max(d_model(), experts_.scratch_size(1));
+    return work < (Index(1) << 20) ? 1 : threads();
   }
 
   // body(e, scratch) for every expert with rows, in parallel; scratch: per_thread scalars.
   template <class Body>
   void run_on_active_experts(const DispatchPlan& dispatch, Index per_thread, Body&& body) {
-    active_.clear();
-    for (Index e = 0; e < num_experts(); ++e)
-      if (dispatch.rows_of(e) > 0) active_.push_back(e);
-    // Starting threads costs more than tiny batches take (and spinning threads hurt on a busy
-    // machine): below ~1 MFLOP-equivalent of expert work, one thread. Bits are the same either way.
-    const Index work = dispatch.num_rows() * d_model() * std::max(d_model(), experts_.scratch_size(1));
-    const Index wanted = work < (Index(1) << 20) ? 1 : threads();
-    const int n_threads = static_cast<int>(std::max<Index>(1, std::min<Index>(wanted, Index(active_.size()))));
+    find_active_experts(dispatch);
+    const int n_threads = static_cast<int>(std::max<Index>(1, std::min<Index>(expert_threads(dispatch), Index(active_.size()))));
     scratch_.resize(static_cast<std::size_t>(per_thread * n_threads));
     detail::parallel_for(static_cast<Index>(active_.size()), n_threads, [&](Index item, int thread) {
       body(active_[item], std::span<S>(scratch_.data() + thread * per_thread, static_cast<std::size_t>(per_thread)));
@@ -321,6 +401,8 @@ class SparseMoE {
   RoutingPlan<S> last_plan_;
   RoutingStats stats_;
   detail::AlignedVector<S> scratch_;  // per-thread expert scratch
+  detail::AlignedVector<S> packed_in_;  // the fast path's packed expert inputs [rows · max(d_model, d_ff)]
+  std::vector<S> row_weight_;         // [rows] routing weight of each dispatch row
   std::vector<Index> active_;
   // backward's buffers
   RowMatrix<S> routed_;               // [≥ T, d_model] routed output before the shared experts

@@ -1,0 +1,121 @@
+// kernels/gemm.hpp: the packed products against a plain triple loop in double, on shapes that are
+// not multiples of the micro-kernel's tile (kMR × kNR) nor of the depth block (kKC), with both
+// operand layouts the experts use (row-major and transposed).
+#include <moe/kernels/gemm.hpp>
+
+#include "support/compare.hpp"
+
+#include <gtest/gtest.h>
+
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using moe::Index;
+using moe::RowMatrix;
+using moe::kernels::Blocking;
+using moe::kernels::Strided;
+using moe::test::random_matrix;
+
+template <class S>
+class GemmTest : public ::testing::Test {};
+TYPED_TEST_SUITE(GemmTest, moe::test::Scalars);
+
+// The reference: c(i, j) = Σ_k a(i, k)·b(k, j) in double, k ascending.
+template <class S>
+RowMatrix<double> reference_product(const RowMatrix<S>& a, const RowMatrix<S>& b) {
+  RowMatrix<double> c = RowMatrix<double>::Zero(a.rows(), b.cols());
+  for (Index i = 0; i < a.rows(); ++i)
+    for (Index j = 0; j < b.cols(); ++j)
+      for (Index k = 0; k < a.cols(); ++k) c(i, j) += double(a(i, k)) * double(b(k, j));
+  return c;
+}
+
+// (m, n, depth): one tile; ragged tiles; more than one depth block, panel block and row block.
+std::vector<std::tuple<Index, Index, Index>> shapes() {
+  return {{1, 1, 1}, {1, 33, 70}, {13, 17, 5}, {25, 100, 600}, {150, 530, 40}, {7, 3, 1100}};
+}
+
+TYPED_TEST(GemmTest, MatchesATripleLoopForEveryLayoutAndShape) {
+  using S = TypeParam;
+  for (const auto& [m, n, depth] : shapes()) {
+    SCOPED_TRACE(testing::Message() << "m " << m << ", n " << n << ", depth " << depth);
+    const RowMatrix<S> a = random_matrix<S>(m, depth, 1), b = random_matrix<S>(depth, n, 2);
+    const RowMatrix<S> a_t = a.transpose(), b_t = b.transpose();  // stored the other way round
+    const RowMatrix<double> expected = reference_product(a, b);
+    std::vector<S> workspace(static_cast<std::size_t>(moe::kernels::gemm_workspace_size<S>(m, n, depth)));
+    for (const bool a_transposed : {false, true})
+      for (const bool b_transposed : {false, true}) {
+        const Strided<S> a_view = a_transposed ? moe::kernels::strided<S>(a_t).transposed() : moe::kernels::strided<S>(a);
+        const Strided<S> b_view = b_transposed ? moe::kernels::strided<S>(b_t).transposed() : moe::kernels::strided<S>(b);
+        RowMatrix<S> c = RowMatrix<S>::Constant(m, n, S(7));
+        moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/false, workspace);
+        MOE_EXPECT_CLOSE(S, c, expected);
+        moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/true, workspace);
+        MOE_EXPECT_CLOSE(S, c, (2 * expected).eval());
+      }
+  }
+}
+
+TYPED_TEST(GemmTest, ZeroDepthGivesZerosOrLeavesTheSum) {
+  using S = TypeParam;
+  const RowMatrix<S> a(3, 0), b(0, 4);
+  RowMatrix<S> c = RowMatrix<S>::Constant(3, 4, S(2));
+  std::vector<S> workspace;
+  moe::kernels::gemm<S>(moe::kernels::strided<S>(a), moe::kernels::strided<S>(b), 0, c, true, workspace);
+  EXPECT_EQ(c, RowMatrix<S>::Constant(3, 4, S(2)));
+  moe::kernels::gemm<S>(moe::kernels::strided<S>(a), moe::kernels::strided<S>(b), 0, c, false, workspace);
+  EXPECT_EQ(c, RowMatrix<S>::Zero(3, 4));
+}
+
+// The packed layouts themselves: B panel p holds B(k, p·kNR + c) at [k][c], zero past n; A's
+// micro-panel q holds A(q·kMR + i, k) at [k][i] with i < its own row count.
+TYPED_TEST(GemmTest, PackedLayoutsAreTheDocumentedOnes) {
+  using S = TypeParam;
+  constexpr Index NR = Blocking<S>::kNR, MR = Blocking<S>::kMR;
+  const Index m = MR + 3, n = NR + 5, depth = 9;
+  const RowMatrix<S> a = random_matrix<S>(m, depth, 3), b = random_matrix<S>(depth, n, 4);
+  std::vector<S> packed_b(static_cast<std::size_t>(moe::kernels::num_panels<S>(n) * depth * NR), S(-1));
+  moe::kernels::pack_b<S>(moe::kernels::strided<S>(b), depth, n, packed_b.data());
+  for (Index p = 0; p < 2; ++p)
+    for (Index k = 0; k < depth; ++k)
+      for (Index c = 0; c < NR; ++c)
+        EXPECT_EQ(packed_b[static_cast<std::size_t>((p * depth + k) * NR + c)], p * NR + c < n ? b(k, p * NR + c) : S(0));
+  std::vector<S> packed_a(static_cast<std::size_t>(m * depth));
+  moe::kernels::pack_a<S>(moe::kernels::strided<S>(a), m, depth, packed_a.data());
+  for (Index i = 0; i < m; ++i) {
+    const Index q0 = i / MR * MR, mr = std::min(MR, m - q0);
+    for (Index k = 0; k < depth; ++k) EXPECT_EQ(packed_a[static_cast<std::size_t>(q0 * depth + k * mr + i - q0)], a(i, k));
+  }
+}
+
+// multiply_packed over a range of panels computes exactly those panels, with the same bits as the
+// whole product: every element is one sum in a fixed order however the work is split.
+TYPED_TEST(GemmTest, PanelRangesGiveTheSameBitsAsTheWholeProduct) {
+  using S = TypeParam;
+  constexpr Index NR = Blocking<S>::kNR;
+  const Index m = 29, n = 5 * NR - 3, depth = Blocking<S>::kKC + 17, panels = moe::kernels::num_panels<S>(n);
+  const RowMatrix<S> a = random_matrix<S>(m, depth, 5), b = random_matrix<S>(depth, n, 6);
+  std::vector<S> pa(static_cast<std::size_t>(m * depth)), pb(static_cast<std::size_t>(panels * depth * NR)),
+      tiles(static_cast<std::size_t>(m * NR));
+  moe::kernels::pack_a<S>(moe::kernels::strided<S>(a), m, depth, pa.data());
+  moe::kernels::pack_b<S>(moe::kernels::strided<S>(b), depth, n, pb.data());
+  const auto run = [&](Index p_begin, Index p_end, RowMatrix<S>& c) {
+    moe::kernels::multiply_packed<S>(m, depth, pa.data(), pb.data(), p_begin, p_end, tiles.data(),
+                                     [&](Index i0, Index mr, Index p, const S* tile) {
+      for (Index i = 0; i < mr; ++i)
+        for (Index j = p * NR; j < std::min(n, (p + 1) * NR); ++j) c(i0 + i, j) = tile[i * NR + j - p * NR];
+    });
+  };
+  RowMatrix<S> whole = RowMatrix<S>::Zero(m, n), pieces = RowMatrix<S>::Zero(m, n);
+  run(0, panels, whole);
+  run(3, panels, pieces);
+  EXPECT_EQ(pieces.leftCols(3 * NR), RowMatrix<S>::Zero(m, 3 * NR)) << "panels outside the range are not written";
+  run(0, 1, pieces);
+  run(1, 3, pieces);
+  EXPECT_EQ(pieces, whole);
+  MOE_EXPECT_CLOSE(S, whole, reference_product(a, b));
+}
+
+}  // namespace
