@@ -256,7 +256,7 @@ class NaiveMoE {
   ForwardWork forward(const Matrix& x, Matrix& y) {
     const Index T = x.rows(), d = x.cols(), k = layer_.gate().slots_per_token();
     layer_.gate().route(x, plan_, moe::Mode::inference);
-    const auto& experts = layer_.experts();
+    const auto& experts = std::as_const(layer_).experts();  // const: mutable access drops packed weights
     ForwardWork work;
     y.setZero();
     for (Index e = 0; e < experts.num_experts(); ++e) {
@@ -279,7 +279,7 @@ class NaiveMoE {
       // final_hidden_states.index_add_(0, top_x, current_hidden_states * routing_weights[top_x, idx])
       for (Index i = 0; i < n; ++i) y.row(token_[i]) += weight_[i] * ys.row(i);
     }
-    if (const auto* shared = layer_.shared()) {  // DeepSeek-MoE: y += shared_experts(identity)
+    if (const auto* shared = std::as_const(layer_).shared()) {  // DeepSeek-MoE: y += shared_experts(identity)
       const auto& bank = shared->experts();
       Eigen::Map<Matrix> ys(ys_.data(), T, d);
       for (Index e = 0; e < bank.num_experts(); ++e) {
