@@ -277,8 +277,7 @@ class SparseMoE {
     state.saved_offset[0] = 0;
     for (Index e = 0; e < num_experts(); ++e)
       state.saved_offset[e + 1] = state.saved_offset[e] + experts_.scratch_size(dispatch.rows_of(e));
-    if (state.saved.size() < static_cast<std::size_t>(state.saved_offset.back()))
-      state.saved.resize(static_cast<std::size_t>(state.saved_offset.back()));
+    grow(state.saved, state.saved_offset.back());
     find_active_experts(dispatch);
     if constexpr (PackedExpert<X>) {
       run_packed_experts(state, training);
@@ -302,10 +301,9 @@ class SparseMoE {
     const int n_threads = expert_threads(dispatch);
     if (training) experts_.weights_changed();  // the caller may have stepped the weights through views
     if (active_.empty()) return;
-    if (packed_in_.size() < static_cast<std::size_t>(rows * std::max(d, f)))
-      packed_in_.resize(static_cast<std::size_t>(rows * std::max(d, f)));
+    grow(packed_in_, rows * std::max(d, f));
     const Index tiles = rows * kernels::Blocking<S>::kNR;  // ≥ any expert's: no growth at a given T
-    if (scratch_.size() < static_cast<std::size_t>(tiles * n_threads)) scratch_.resize(static_cast<std::size_t>(tiles * n_threads));
+    grow(scratch_, tiles * n_threads);
     row_weight_.resize(static_cast<std::size_t>(rows));
     for (Index slot = 0; slot < state.plan.weight.size(); ++slot)
       if (const auto r = dispatch.row[slot]; r != kEmptySlot) row_weight_[r] = state.plan.weight(slot / k, slot % k);
@@ -361,7 +359,7 @@ class SparseMoE {
   void run_on_active_experts(const DispatchPlan& dispatch, Index per_thread, Body&& body) {
     find_active_experts(dispatch);
     const int n_threads = static_cast<int>(std::max<Index>(1, std::min<Index>(expert_threads(dispatch), Index(active_.size()))));
-    scratch_.resize(static_cast<std::size_t>(per_thread * n_threads));
+    grow(scratch_, per_thread * n_threads);
     detail::parallel_for(static_cast<Index>(active_.size()), n_threads, [&](Index item, int thread) {
       body(active_[item], std::span<S>(scratch_.data() + thread * per_thread, static_cast<std::size_t>(per_thread)));
     });
@@ -388,6 +386,10 @@ class SparseMoE {
 
   static void grow(RowMatrix<S>& m, Index rows, Index cols) {
     if (m.rows() < rows || m.cols() != cols) m.resize(std::max(rows, m.rows()), cols);
+  }
+  // Buffers only grow: shrinking and growing back would zero-fill the difference on every call.
+  static void grow(detail::AlignedVector<S>& v, Index size) {
+    if (v.size() < static_cast<std::size_t>(size)) v.resize(static_cast<std::size_t>(size));
   }
 
   G gate_;
