@@ -255,9 +255,6 @@ void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumula
   }
 }
 
-}  // namespace moe::kernels
-
-namespace moe::kernels {
 
 // One projection's weights of every expert, packed as B operands (pack_b_columns) expert by expert
 // on first use and kept until clear(): whoever owns the weights calls clear() whenever they may
