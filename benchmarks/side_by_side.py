@@ -32,13 +32,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "peers"))
+from torch_moe import cpu_model  # noqa: E402  (imports torch only when run as a script)
 REPO = os.path.dirname(HERE)
 SHAPES = ("small", "mixtral-mini", "deepseek-moe", "mixtral-8x7b")
 TOKENS = (1, 16, 128, 1024)
@@ -48,24 +49,6 @@ COUNTERS = ("GFLOPS", "GBps", "tokens_per_s")
 
 def log(message):
     print(f"side_by_side: {message}", file=sys.stderr, flush=True)
-
-
-def cpu_model():
-    """The CPU's model name, with its family and model numbers (a VM's name can be as vague as "Intel Xeon")."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if not line.strip():
-                    break  # the first processor is enough
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']} model {fields['model']})"
-    return name
 
 
 def git_commit():
