@@ -278,8 +278,8 @@ class SparseMoE {
     for (Index e = 0; e < num_experts(); ++e)
       state.saved_offset[e + 1] = state.saved_offset[e] + experts_.scratch_size(dispatch.rows_of(e));
     grow(state.saved, state.saved_offset.back());
-    find_active_experts(dispatch);
     if constexpr (PackedExpert<X>) {
+      find_active_experts(dispatch);
       run_packed_experts(state, training);
     } else {
       run_on_active_experts(dispatch, 0, [&](Index e, std::span<S>) {
@@ -304,9 +304,11 @@ class SparseMoE {
     grow(packed_in_, rows * std::max(d, f));
     const Index tiles = rows * kernels::Blocking<S>::kNR;  // ≥ any expert's: no growth at a given T
     grow(scratch_, tiles * n_threads);
-    row_weight_.resize(static_cast<std::size_t>(rows));
-    for (Index slot = 0; slot < state.plan.weight.size(); ++slot)
-      if (const auto r = dispatch.row[slot]; r != kEmptySlot) row_weight_[r] = state.plan.weight(slot / k, slot % k);
+    if (!training) {  // inference applies the routing weights in the down projection
+      row_weight_.resize(static_cast<std::size_t>(rows));
+      for (Index slot = 0; slot < state.plan.weight.size(); ++slot)
+        if (const auto r = dispatch.row[slot]; r != kEmptySlot) row_weight_[r] = state.plan.weight(slot / k, slot % k);
+    }
 
     const auto per_expert = [&](auto&& body) {
       detail::parallel_for(static_cast<Index>(active_.size()), n_threads, [&](Index item, int) {
