@@ -70,23 +70,31 @@ TYPED_TEST(GemmTest, ZeroDepthGivesZerosOrLeavesTheSum) {
 }
 
 // The packed layouts themselves: B panel p holds B(k, p·kNR + c) at [k][c], zero past n; A's
-// micro-panel q holds A(q·kMR + i, k) at [k][i] with i < its own row count.
+// micro-panel q holds A(q·kMR + i, k) at [k][i] with i < its own row count. Whichever way round the
+// operands are stored (transposing ones go through registers in whole packet-sized blocks, then
+// element by element at the edges: depth 41 has both for every packet size).
 TYPED_TEST(GemmTest, PackedLayoutsAreTheDocumentedOnes) {
   using S = TypeParam;
   constexpr Index NR = Blocking<S>::kNR, MR = Blocking<S>::kMR;
-  const Index m = MR + 3, n = NR + 5, depth = 9;
+  const Index m = MR + 3, n = NR + 5, depth = 41;
   const RowMatrix<S> a = random_matrix<S>(m, depth, 3), b = random_matrix<S>(depth, n, 4);
-  std::vector<S> packed_b(static_cast<std::size_t>(moe::kernels::num_panels<S>(n) * depth * NR), S(-1));
-  moe::kernels::pack_b<S>(moe::kernels::strided<S>(b), depth, n, packed_b.data());
-  for (Index p = 0; p < 2; ++p)
-    for (Index k = 0; k < depth; ++k)
-      for (Index c = 0; c < NR; ++c)
-        EXPECT_EQ(packed_b[static_cast<std::size_t>((p * depth + k) * NR + c)], p * NR + c < n ? b(k, p * NR + c) : S(0));
-  std::vector<S> packed_a(static_cast<std::size_t>(m * depth));
-  moe::kernels::pack_a<S>(moe::kernels::strided<S>(a), m, depth, packed_a.data());
-  for (Index i = 0; i < m; ++i) {
-    const Index q0 = i / MR * MR, mr = std::min(MR, m - q0);
-    for (Index k = 0; k < depth; ++k) EXPECT_EQ(packed_a[static_cast<std::size_t>(q0 * depth + k * mr + i - q0)], a(i, k));
+  const RowMatrix<S> a_t = a.transpose(), b_t = b.transpose();
+  for (const bool transposed : {false, true}) {
+    SCOPED_TRACE(transposed ? "operands stored transposed" : "operands stored as they are");
+    std::vector<S> packed_b(static_cast<std::size_t>(moe::kernels::num_panels<S>(n) * depth * NR), S(-1));
+    moe::kernels::pack_b<S>(transposed ? moe::kernels::strided<S>(b_t).transposed() : moe::kernels::strided<S>(b), depth,
+                            n, packed_b.data());
+    for (Index p = 0; p < 2; ++p)
+      for (Index k = 0; k < depth; ++k)
+        for (Index c = 0; c < NR; ++c)
+          EXPECT_EQ(packed_b[static_cast<std::size_t>((p * depth + k) * NR + c)], p * NR + c < n ? b(k, p * NR + c) : S(0));
+    std::vector<S> packed_a(static_cast<std::size_t>(m * depth));
+    moe::kernels::pack_a<S>(transposed ? moe::kernels::strided<S>(a_t).transposed() : moe::kernels::strided<S>(a), m,
+                            depth, packed_a.data());
+    for (Index i = 0; i < m; ++i) {
+      const Index q0 = i / MR * MR, mr = std::min(MR, m - q0);
+      for (Index k = 0; k < depth; ++k) EXPECT_EQ(packed_a[static_cast<std::size_t>(q0 * depth + k * mr + i - q0)], a(i, k));
+    }
   }
 }
 

@@ -59,18 +59,40 @@ constexpr Index num_panels(Index n) {
   return (n + Blocking<S>::kNR - 1) / Blocking<S>::kNR;
 }
 
+// The P × P block at from (rows `stride` apart; rows from `rows` on read as zeros), transposed in
+// registers with Eigen's ptranspose: packet j of the result is column j of the block.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // Eigen's packets are attributed vector types
+#endif
+template <class S>
+auto load_transposed(const S* from, Index stride, Index rows) {
+  using Packet = typename Blocking<S>::Packet;
+  constexpr int P = Blocking<S>::kPacket;
+  Eigen::internal::PacketBlock<Packet, P> block;
+  for (int i = 0; i < P; ++i)
+    block.packet[i] = i < rows ? Eigen::internal::ploadu<Packet>(from + i * stride) : Eigen::internal::pset1<Packet>(S(0));
+  Eigen::internal::ptranspose(block);
+  return block;
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
 // Writes the rows of w [count, depth] as columns [column, column + count) of a panel [depth][kNR]
-// (the panel's other columns are left alone). Blocks of depths keep the written piece in L1.
+// (the panel's other columns are left alone): whole P × P blocks through registers, the edges
+// element by element.
 template <class S>
 void pack_rows_as_columns(ConstMatrixRef<S> w, S* panel, Index column) {
-  constexpr Index kBlock = 64;
-  const Index depth = w.cols();
-  Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>> to(panel + column, depth, w.rows(),
-                                                      Eigen::OuterStride<>(Blocking<S>::kNR));
-  for (Index k0 = 0; k0 < depth; k0 += kBlock) {
-    const Index kb = std::min(kBlock, depth - k0);
-    to.middleRows(k0, kb) = w.middleCols(k0, kb).transpose();
-  }
+  constexpr int P = Blocking<S>::kPacket, NR = Blocking<S>::kNR;
+  const Index rows = w.rows(), depth = w.cols(), whole_rows = rows / P * P, whole_depth = depth / P * P;
+  for (Index r0 = 0; r0 < whole_rows; r0 += P)
+    for (Index k0 = 0; k0 < whole_depth; k0 += P) {
+      const auto block = load_transposed<S>(w.data() + r0 * w.outerStride() + k0, w.outerStride(), P);
+      for (int j = 0; j < P; ++j) Eigen::internal::pstoreu(panel + (k0 + j) * NR + column + r0, block.packet[j]);
+    }
+  for (Index k = 0; k < depth; ++k)
+    for (Index r = k < whole_depth ? whole_rows : 0; r < rows; ++r) panel[k * NR + column + r] = w(r, k);
 }
 
 // Packs the depth × n matrix B into num_panels(n) panels [depth][kNR] at out (num_panels(n) · depth
@@ -112,12 +134,26 @@ void pack_b(Strided<S> b, Index depth, Index n, S* out) {
 // A takes exactly m · depth scalars.
 template <class S>
 void pack_a(Strided<S> a, Index m, Index depth, S* out) {
-  constexpr int MR = Blocking<S>::kMR;
+  constexpr int MR = Blocking<S>::kMR, P = Blocking<S>::kPacket;
+  const Index whole_depth = depth / P * P;
   for (Index q0 = 0; q0 < m; q0 += MR) {
     const Index mr = std::min<Index>(MR, m - q0);
     S* panel = out + q0 * depth;
     if (a.row_stride == 1) {  // A = Xᵀ of a row-major X: the mr values of one depth are contiguous
       for (Index k = 0; k < depth; ++k) std::copy_n(a.data + q0 + k * a.col_stride, mr, panel + k * mr);
+    } else if (a.col_stride == 1) {  // rows of A contiguous: P × P blocks through registers
+      for (Index k0 = 0; k0 < whole_depth; k0 += P)
+        for (Index r0 = 0; r0 < mr; r0 += P) {
+          const Index rb = std::min<Index>(P, mr - r0);
+          const auto block = load_transposed<S>(a.data + (q0 + r0) * a.row_stride + k0, a.row_stride, rb);
+          for (int j = 0; j < P; ++j) {
+            alignas(64) S column[P];
+            Eigen::internal::pstore(column, block.packet[j]);
+            std::copy_n(column, rb, panel + (k0 + j) * mr + r0);
+          }
+        }
+      for (Index k = whole_depth; k < depth; ++k)
+        for (Index i = 0; i < mr; ++i) panel[k * mr + i] = a(q0 + i, k);
     } else {
       for (Index i = 0; i < mr; ++i)
         for (Index k = 0; k < depth; ++k) panel[k * mr + i] = a(q0 + i, k);
@@ -127,28 +163,36 @@ void pack_a(Strided<S> a, Index m, Index depth, S* out) {
 
 namespace micro {
 
+// Asks for the cache line at p (into L2 where the compiler lets us say so: the block it belongs
+// to is used after the one now in L1).
+inline void prefetch_l2(const void* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p, 0, 2);
+#else
+  Eigen::internal::prefetch(static_cast<const char*>(p));
+#endif
+}
+
 // tile[i][c] (+)= Σ_k a[k·MR + i] · b[k·kNR + c]   for i < MR, c < kNR; tile is [MR][kNR] and is
-// added to when accumulate, overwritten otherwise.
+// added to when accumulate, overwritten otherwise. On the way it prefetches `lines` cache lines
+// from `ahead`, spread evenly over its depth.
 template <class S, int MR>
-void micro_kernel(Index depth, const S* __restrict a, const S* __restrict b, S* __restrict tile, bool accumulate) {
+void micro_kernel(Index depth, const S* __restrict a, const S* __restrict b, S* __restrict tile, bool accumulate,
+                  const char* ahead, Index lines) {
   using Eigen::internal::ploadu;
   using Eigen::internal::pmadd;
   using Eigen::internal::pset1;
   using Packet = typename Blocking<S>::Packet;
   constexpr int P = Blocking<S>::kPacket;
-  constexpr int kNRBytes = 2 * P * static_cast<int>(sizeof(S)), kAhead = 16384;
   Packet c0[MR], c1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
     c0[i] = accumulate ? ploadu<Packet>(tile + i * 2 * P) : pset1<Packet>(S(0));
     c1[i] = accumulate ? ploadu<Packet>(tile + i * 2 * P + P) : pset1<Packet>(S(0));
   }
+  Index owed = 0;  // lines owed, in units of 1/depth
   for (Index k = 0; k < depth; ++k, a += MR, b += 2 * P) {
-    // Decode streams B from memory once: ask for it 16 KB ahead, which the hardware prefetcher
-    // alone does not (a standalone stream test on the development VM: 9.5 → 12 GB/s for one token,
-    // 8 → 11 GB/s for four; bench_layer's decode cases show the result in the layer).
-#pragma GCC unroll 4
-    for (int line = 0; line < kNRBytes; line += 64) Eigen::internal::prefetch(reinterpret_cast<const char*>(b) + kAhead + line);
+    for (owed += lines; owed >= depth; owed -= depth, ahead += 64) prefetch_l2(ahead);
     const Packet b0 = ploadu<Packet>(b), b1 = ploadu<Packet>(b + P);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -177,19 +221,30 @@ constexpr auto micro_kernels(std::index_sequence<I...>) {
 // L1 while every row of A passes by; partial sums wait in tiles[m][kNR] (workspace of the caller,
 // m · kNR scalars), and each tile is stored as soon as its last block is done. The order of the
 // sum over k does not depend on p_begin, p_end or m.
+//
+// The panels are contiguous, so B is read as one stream, block after block. While the tiles of a
+// block run, each prefetches its share of the block two ahead (64 KB, well inside L2): memory
+// stays busy at an even pace when B comes from DRAM, whether a block is used by one tile (decode)
+// or by several (a few dozen tokens per expert, where a burst for the first tile and none for the
+// others would leave the multiplications and the memory taking turns).
 template <class S, class Store>
 void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin, Index p_end, S* tiles,
                      Store&& store) {
   constexpr int MR = Blocking<S>::kMR, NR = Blocking<S>::kNR;
-  constexpr Index KC = Blocking<S>::kKC;
+  constexpr Index KC = Blocking<S>::kKC, kLine = 64;
   static constexpr auto kernels = micro::micro_kernels<S>(std::make_index_sequence<MR>{});
+  const Index row_tiles = (m + MR - 1) / MR, stream_rows = p_end * depth;  // B: rows of kNR scalars
   for (Index p = p_begin; p < p_end; ++p) {
     const S* panel = b + p * depth * NR;
     for (Index k0 = 0; k0 < depth; k0 += KC) {
-      const Index kc = std::min(KC, depth - k0);
-      for (Index i0 = 0; i0 < m; i0 += MR) {
+      const Index kc = std::min(KC, depth - k0), ahead = p * depth + k0 + kc + KC;  // two blocks ahead
+      const Index lines = std::clamp<Index>(stream_rows - ahead, 0, kc) * NR * Index(sizeof(S)) / kLine;
+      const char* next = lines > 0 ? reinterpret_cast<const char*>(b + ahead * NR) : nullptr;
+      for (Index t = 0, i0 = 0; i0 < m; ++t, i0 += MR) {
         const Index mr = std::min<Index>(MR, m - i0);
-        kernels[static_cast<std::size_t>(mr - 1)](kc, a + i0 * depth + k0 * mr, panel + k0 * NR, tiles + i0 * NR, k0 > 0);
+        const Index first = lines * t / row_tiles, last = lines * (t + 1) / row_tiles;
+        kernels[static_cast<std::size_t>(mr - 1)](kc, a + i0 * depth + k0 * mr, panel + k0 * NR, tiles + i0 * NR, k0 > 0,
+                                                  next + first * kLine, last - first);
         if (k0 + kc == depth) store(i0, mr, p, static_cast<const S*>(tiles + i0 * NR));
       }
     }
