@@ -107,26 +107,22 @@ class GatedExpert {
   }
 
   void prepack(Index e) {
-    const Index d = d_model(), f = d_ff();
-    up_packed_.ensure(e, up_panels() * d * kNR, [&](S* out) {
-      for (Index p = 0; p < up_panels(); ++p) {
-        const Index unit = p * kPacket, units = std::min<Index>(kPacket, f - unit);
-        S* panel = out + p * d * kNR;
-        if (units < kPacket) Eigen::Map<RowMatrix<S>>(panel, d, kNR).setZero();
-        kernels::pack_rows_as_columns<S>(w1_[e].middleRows(unit, units), panel, 0);
-        kernels::pack_rows_as_columns<S>(w3_[e].middleRows(unit, units), panel, kPacket);
-      }
+    up_packed_.ensure(e, up_panels() * d_model() * kNR, [&](S* out) {
+      for (Index p = 0; p < up_panels(); ++p) pack_up_panel(e, p, out + p * d_model() * kNR);
     });
-    down_packed_.ensure(e, down_panels() * f * kNR, [&](S* out) {
-      kernels::pack_b<S>(kernels::Strided<S>{w2_[e].data(), 1, f}, f, d, out);
+    down_packed_.ensure(e, down_panels() * d_ff() * kNR, [&](S* out) {
+      for (Index p = 0; p < down_panels(); ++p) pack_down_panel(e, p, out + p * d_ff() * kNR);
     });
   }
+
+  // See the PackedExpert concept: tiles for n rows, and one panel for an expert not prepacked.
+  Index work_size(Index n) const { return (n + std::max(d_model(), d_ff())) * kNR; }
 
   // See the PackedExpert concept. memory is forward()'s: [h1 | h3 | h], each [n, d_ff]; h1 = x·w1ᵀ
   // and h3 = x·w3ᵀ are stored only when kept for backward.
   S* hidden(std::span<S> memory, Index n) const { return memory.data() + 2 * n * d_ff(); }
 
-  void forward_up(Index e, Index n, const S* packed_x, Index p_begin, Index p_end, S* tiles, std::span<S> memory,
+  void forward_up(Index e, Index n, const S* packed_x, Index p_begin, Index p_end, S* work, std::span<S> memory,
                   bool keep) const {
     using Tile = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
     using Out = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
@@ -134,8 +130,8 @@ class GatedExpert {
     S* const h1 = memory.data();
     S* const h3 = h1 + n * f;
     S* const h = hidden(memory, n);
-    kernels::multiply_packed<S>(n, d_model(), packed_x, up_packed_[e], p_begin, p_end, tiles,
-                                [&](Index i0, Index mr, Index p, const S* tile) {
+    each_panel(up_packed_, e, d_model(), p_begin, p_end, n, packed_x, work, &GatedExpert::pack_up_panel,
+               [&](Index i0, Index mr, Index p, const S* tile) {
       const Index unit = p * kPacket, units = std::min<Index>(kPacket, f - unit), at = i0 * f + unit;
       const Tile t1(tile, mr, units, Eigen::OuterStride<>(kNR)), t3(tile + kPacket, mr, units, Eigen::OuterStride<>(kNR));
       Out(h + at, mr, units, Eigen::OuterStride<>(f)) = Activation::apply(t1) * t3;
@@ -146,10 +142,10 @@ class GatedExpert {
   }
 
   // See the PackedExpert concept: y = scale ⊙ h·w2ᵀ.
-  void forward_down(Index e, Index n, const S* packed_h, Index p_begin, Index p_end, S* tiles, const S* scale,
+  void forward_down(Index e, Index n, const S* packed_h, Index p_begin, Index p_end, S* work, const S* scale,
                     MatrixRef<S> y) const {
-    kernels::multiply_packed<S>(n, d_ff(), packed_h, down_packed_[e], p_begin, p_end, tiles,
-                                [&](Index i0, Index mr, Index p, const S* tile) {
+    each_panel(down_packed_, e, d_ff(), p_begin, p_end, n, packed_h, work, &GatedExpert::pack_down_panel,
+               [&](Index i0, Index mr, Index p, const S* tile) {
       const Index j0 = p * kNR, cols = std::min<Index>(kNR, d_model() - j0);
       for (Index i = 0; i < mr; ++i) {
         const S s = scale ? scale[i0 + i] : S(1);
@@ -176,6 +172,35 @@ class GatedExpert {
   }
 
   static constexpr int kPacket = kernels::Blocking<S>::kPacket, kNR = kernels::Blocking<S>::kNR;
+
+  // Up panel p: hidden units [p·P, p·P + P) of w1, then of w3, as columns; [d_model][kNR].
+  void pack_up_panel(Index e, Index p, S* panel) const {
+    const Index unit = p * kPacket, units = std::min<Index>(kPacket, d_ff() - unit);
+    if (units < kPacket) Eigen::Map<RowMatrix<S>>(panel, d_model(), kNR).setZero();
+    kernels::pack_rows_as_columns<S>(w1_[e].middleRows(unit, units), panel, 0);
+    kernels::pack_rows_as_columns<S>(w3_[e].middleRows(unit, units), panel, kPacket);
+  }
+  // Down panel p: outputs [p·kNR, p·kNR + kNR) of w2 as columns; [d_ff][kNR].
+  void pack_down_panel(Index e, Index p, S* panel) const {
+    const Index d = d_model(), f = d_ff();
+    kernels::pack_b<S>(kernels::Strided<S>{w2_[e].data() + p * kNR * f, 1, f}, f, std::min<Index>(kNR, d - p * kNR), panel);
+  }
+
+  // store(i0, mr, p, tile) for the panels [p_begin, p_end) of expert e (see kernels::multiply_packed):
+  // from the prepacked bank, or else (training: the weights change on every step, and a packed copy
+  // would be written to memory to be read once) each panel packed into work, still in cache, as it
+  // is used. The same panels and the same sums either way.
+  template <class Store>
+  void each_panel(const kernels::PackedBank<S>& bank, Index e, Index depth, Index p_begin, Index p_end, Index n,
+                  const S* packed_in, S* work, void (GatedExpert::*pack)(Index, Index, S*) const, Store&& store) const {
+    if (bank.packed(e)) return kernels::multiply_packed<S>(n, depth, packed_in, bank[e], p_begin, p_end, work, store);
+    S* const panel = work + n * kNR;
+    for (Index p = p_begin; p < p_end; ++p) {
+      (this->*pack)(e, p, panel);
+      kernels::multiply_packed<S>(n, depth, packed_in, panel, 0, 1, work,
+                                  [&](Index i0, Index mr, Index, const S* tile) { store(i0, mr, p, tile); });
+    }
+  }
 
   ExpertConfig config_;
   ParamBank<S> w1_, w2_, w3_;

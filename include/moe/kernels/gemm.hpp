@@ -312,7 +312,7 @@ void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumula
 }
 
 
-// One projection's weights of every expert, packed as B operands (pack_b_columns) expert by expert
+// One projection's weights of every expert, packed as B operands (pack_b's panels) expert by expert
 // on first use and kept until clear(): whoever owns the weights calls clear() whenever they may
 // have changed. Experts never used are never packed (nor allocated).
 template <class S>
@@ -331,6 +331,7 @@ class PackedBank {
     pack(panels_[i].data());
     fresh_[i] = 1;
   }
+  bool packed(Index e) const { return fresh_[static_cast<std::size_t>(e)] != 0; }
   const S* operator[](Index e) const { return panels_[static_cast<std::size_t>(e)].data(); }
   void clear() { std::fill(fresh_.begin(), fresh_.end(), std::uint8_t{0}); }
 

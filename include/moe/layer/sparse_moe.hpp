@@ -183,11 +183,11 @@ class SparseMoE {
   }
 
   // The fast path (PackedExpert: GatedExpert, so SwiGLU and GeGLU) packs each expert's weights for
-  // its kernels on the expert's first use. prepack() packs them all now (after loading, say), so
-  // that no forward pays for it. The packed copies are dropped whenever the weights may change:
-  // mutable access to the weights (w1() of a non-const GatedExpert…), parameters(), and every
-  // training forward. Writing through
-  // views kept from before, then calling the inference forward, needs weights_changed() first.
+  // its kernels on the expert's first inference use. prepack() packs them all now (after loading,
+  // say), so that no forward pays for it. The packed copies are dropped whenever the weights may
+  // change: mutable access to the weights (w1() of a non-const GatedExpert…), parameters(), and
+  // every training forward (which packs as it goes and keeps nothing). Writing through views kept
+  // from before, then calling the inference forward, needs weights_changed() first.
   void prepack() {
     if constexpr (PackedExpert<X>)
       detail::parallel_for(num_experts(), threads(), [&](Index e, int) { experts_.prepack(e); });
@@ -299,11 +299,14 @@ class SparseMoE {
     const DispatchPlan& dispatch = state.dispatch;
     const Index d = d_model(), f = experts_.d_ff(), rows = dispatch.num_rows(), k = state.plan.slots_per_token();
     const int n_threads = expert_threads(dispatch);
-    if (training) experts_.weights_changed();  // the caller may have stepped the weights through views
+    // Training packs each panel as it uses it (the weights change on every step: a packed copy
+    // would be written to memory to be read once), and drops the inference's packed copies: the
+    // caller may have stepped the weights through views.
+    if (training) experts_.weights_changed();
     if (active_.empty()) return;
     grow(packed_in_, rows * std::max(d, f));
-    const Index tiles = rows * kernels::Blocking<S>::kNR;  // ≥ any expert's: no growth at a given T
-    grow(scratch_, tiles * n_threads);
+    const Index work = experts_.work_size(rows);  // ≥ any expert's: no growth at a given T
+    grow(scratch_, work * n_threads);
     if (!training) {  // inference applies the routing weights in the down projection
       row_weight_.resize(static_cast<std::size_t>(rows));
       for (Index slot = 0; slot < state.plan.weight.size(); ++slot)
@@ -322,25 +325,24 @@ class SparseMoE {
       const Index chunk = (panels + splits - 1) / splits, per = (panels + chunk - 1) / chunk;
       detail::parallel_for(Index(active_.size()) * per, n_threads, [&](Index item, int thread) {
         const Index e = active_[item / per], p0 = item % per * chunk;
-        body(e, dispatch.offset[e], dispatch.rows_of(e), p0, std::min(panels, p0 + chunk), scratch_.data() + thread * tiles);
+        body(e, dispatch.offset[e], dispatch.rows_of(e), p0, std::min(panels, p0 + chunk), scratch_.data() + thread * work);
       });
     };
 
     per_expert([&](Index e, Index begin, Index n) {
-      experts_.prepack(e);
+      if (!training) experts_.prepack(e);
       kernels::pack_a(kernels::strided<S>(state.gathered.middleRows(begin, n)), n, d, packed_in_.data() + begin * d);
     });
-    per_panel_range(experts_.up_panels(), [&](Index e, Index begin, Index n, Index p0, Index p1, S* tile) {
-      experts_.forward_up(e, n, packed_in_.data() + begin * d, p0, p1, tile, saved_block(state, e), training);
+    per_panel_range(experts_.up_panels(), [&](Index e, Index begin, Index n, Index p0, Index p1, S* work) {
+      experts_.forward_up(e, n, packed_in_.data() + begin * d, p0, p1, work, saved_block(state, e), training);
     });
     per_expert([&](Index e, Index begin, Index n) {
       kernels::pack_a(kernels::Strided<S>{experts_.hidden(saved_block(state, e), n), f, 1}, n, f, packed_in_.data() + begin * f);
     });
-    per_panel_range(experts_.down_panels(), [&](Index e, Index begin, Index n, Index p0, Index p1, S* tile) {
-      experts_.forward_down(e, n, packed_in_.data() + begin * f, p0, p1, tile,
+    per_panel_range(experts_.down_panels(), [&](Index e, Index begin, Index n, Index p0, Index p1, S* work) {
+      experts_.forward_down(e, n, packed_in_.data() + begin * f, p0, p1, work,
                             training ? nullptr : row_weight_.data() + begin, state.expert_out.middleRows(begin, n));
     });
-    if (training) experts_.weights_changed();  // and the weights may change before the next call
   }
 
   void find_active_experts(const DispatchPlan& dispatch) {
