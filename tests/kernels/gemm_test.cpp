@@ -126,4 +126,33 @@ TYPED_TEST(GemmTest, PanelRangesGiveTheSameBitsAsTheWholeProduct) {
   MOE_EXPECT_CLOSE(S, whole, reference_product(a, b));
 }
 
+// With few rows (decode), multiply_packed reads kStreams panels at a time; a panel range too short
+// for that takes the main kernel. Both sum each element over the whole depth in the same order, so
+// the bits agree for every row count, and with the reference.
+TYPED_TEST(GemmTest, DecodeStreamsGiveTheSameBitsAsOnePanelAtATime) {
+  using S = TypeParam;
+  constexpr Index NR = Blocking<S>::kNR, MR = Blocking<S>::kMR;
+  const Index panels = 2 * moe::kernels::kStreams + 1, n = panels * NR - 5, depth = Blocking<S>::kKC + 17;
+  for (Index m = 1; m <= MR; ++m) {
+    SCOPED_TRACE(testing::Message() << "m " << m);
+    const RowMatrix<S> a = random_matrix<S>(m, depth, 7), b = random_matrix<S>(depth, n, 8);
+    std::vector<S> pa(static_cast<std::size_t>(m * depth)), pb(static_cast<std::size_t>(panels * depth * NR)),
+        tiles(static_cast<std::size_t>(m * NR));
+    moe::kernels::pack_a<S>(moe::kernels::strided<S>(a), m, depth, pa.data());
+    moe::kernels::pack_b<S>(moe::kernels::strided<S>(b), depth, n, pb.data());
+    const auto run = [&](Index p_begin, Index p_end, RowMatrix<S>& c) {
+      moe::kernels::multiply_packed<S>(m, depth, pa.data(), pb.data(), p_begin, p_end, tiles.data(),
+                                       [&](Index i0, Index mr, Index p, const S* tile) {
+        for (Index i = 0; i < mr; ++i)
+          for (Index j = p * NR; j < std::min(n, (p + 1) * NR); ++j) c(i0 + i, j) = tile[i * NR + j - p * NR];
+      });
+    };
+    RowMatrix<S> whole = RowMatrix<S>::Zero(m, n), one_by_one = RowMatrix<S>::Zero(m, n);
+    run(0, panels, whole);
+    for (Index p = 0; p < panels; ++p) run(p, p + 1, one_by_one);
+    EXPECT_EQ(whole, one_by_one);
+    MOE_EXPECT_CLOSE(S, whole, reference_product(a, b));
+  }
+}
+
 }  // namespace

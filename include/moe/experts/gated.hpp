@@ -65,9 +65,13 @@ class GatedExpert {
     using kernels::strided;
     // The products run on the forward's packed kernels (kernels/gemm.hpp), packing as they go.
     gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work);   // d_w2 += d_yᵀ·h
-    gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_h3, false, work);          // d_h, for now
-    d_h1.array() = d_h3.array() * h3.array() * Activation::derivative(h1.array());
-    d_h3.array() *= Activation::apply(h1.array());
+    // d_h = d_y·w2 goes into d_h3's place, and each block of it becomes d_h1 and d_h3 while in cache.
+    gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_h3, false, work, [&](Index i, Index j, Index r, Index c) {
+      const auto a1 = h1.block(i, j, r, c).array();
+      auto d_h = d_h3.block(i, j, r, c).array();
+      d_h1.block(i, j, r, c).array() = d_h * h3.block(i, j, r, c).array() * Activation::derivative(a1);
+      d_h *= Activation::apply(a1);
+    });
     gemm<S>(strided<S>(d_h1).transposed(), strided<S>(x), n, grads.w1_[e], true, work);  // d_w1 += d_h1ᵀ·x
     gemm<S>(strided<S>(d_h3).transposed(), strided<S>(x), n, grads.w3_[e], true, work);  // d_w3 += d_h3ᵀ·x
     gemm<S>(strided<S>(d_h1), strided<S>(w1_[e]), f, d_x, false, work);                  // d_x = d_h1·w1

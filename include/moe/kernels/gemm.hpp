@@ -213,6 +213,72 @@ constexpr auto micro_kernels(std::index_sequence<I...>) {
   return std::array{&micro_kernel<S, static_cast<int>(I) + 1>...};
 }
 
+// Decode's kernel: the [MR][kNR] tiles of W adjacent panels (b, b + panel_size, …) over the whole
+// depth, into tiles [W][MR][kNR]. With a few rows the product is a read of B; W streams in flight
+// keep more of it on its way from memory than one.
+template <class S, int MR, int W>
+void stream_kernel(Index depth, const S* __restrict a, const S* __restrict b, Index panel_size, S* __restrict tiles) {
+  using Eigen::internal::ploadu;
+  using Eigen::internal::pmadd;
+  using Eigen::internal::pset1;
+  using Packet = typename Blocking<S>::Packet;
+  constexpr int P = Blocking<S>::kPacket;
+  Packet c[W][MR][2];
+#pragma GCC unroll 16
+  for (int w = 0; w < W; ++w)
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) c[w][i][0] = c[w][i][1] = pset1<Packet>(S(0));
+  for (Index k = 0; k < depth; ++k, a += MR, b += 2 * P) {
+#pragma GCC unroll 16
+    for (int w = 0; w < W; ++w) {
+      const Packet b0 = ploadu<Packet>(b + w * panel_size), b1 = ploadu<Packet>(b + w * panel_size + P);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const Packet ai = pset1<Packet>(a[i]);
+        c[w][i][0] = pmadd(ai, b0, c[w][i][0]);
+        c[w][i][1] = pmadd(ai, b1, c[w][i][1]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int w = 0; w < W; ++w)
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      Eigen::internal::pstoreu(tiles + (w * MR + i) * 2 * P, c[w][i][0]);
+      Eigen::internal::pstoreu(tiles + (w * MR + i) * 2 * P + P, c[w][i][1]);
+    }
+}
+
+template <class S, int W, std::size_t... I>
+constexpr auto stream_kernels(std::index_sequence<I...>) {
+  return std::array{&stream_kernel<S, static_cast<int>(I) + 1, W>...};
+}
+
+}  // namespace micro
+
+// Decode: with at most kMR / kStreams rows, kStreams panels are read at a time (as many
+// accumulators as the main kernel). Measured in bench_layer (mixtral-mini, alternating builds):
+// T:1 6.8/6.5/7.0 ms with one stream, 6.3/5.7/6.4 with four, and no difference at T:16 from
+// extending it to 6 rows with two streams — so four streams up to 3 rows (AVX-512), and the
+// main kernel above that.
+inline constexpr int kStreams = 4;
+
+namespace micro {
+
+// store(0, m, p, tile) for the panels [p_begin, p_begin + kStreams·⌊(p_end − p_begin) / kStreams⌋),
+// m ≤ kMR / kStreams; returns where it stopped.
+template <class S, class Store>
+Index stream_panels(Index m, Index depth, const S* a, const S* b, Index p_begin, Index p_end, Store&& store) {
+  constexpr int NR = Blocking<S>::kNR, W = kStreams, kRows = Blocking<S>::kMR / W;
+  static constexpr auto kernels = stream_kernels<S, W>(std::make_index_sequence<kRows>{});
+  alignas(64) S tiles[W * kRows * NR];
+  for (; p_begin + W <= p_end; p_begin += W) {
+    kernels[static_cast<std::size_t>(m - 1)](depth, a, b + p_begin * depth * NR, depth * NR, tiles);
+    for (int w = 0; w < W; ++w) store(Index(0), m, p_begin + w, static_cast<const S*>(tiles + w * m * NR));
+  }
+  return p_begin;
+}
+
 }  // namespace micro
 
 // For every panel p ∈ [p_begin, p_end) of the packed B and every micro-panel of the packed A (m rows):
@@ -233,6 +299,9 @@ void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin
   constexpr int MR = Blocking<S>::kMR, NR = Blocking<S>::kNR;
   constexpr Index KC = Blocking<S>::kKC, kLine = 64;
   static constexpr auto kernels = micro::micro_kernels<S>(std::make_index_sequence<MR>{});
+  // Few rows: B is not reused across row tiles and the product is a read of B from memory, which
+  // several streams in flight keep busier than one.
+  if (m <= MR / kStreams) p_begin = micro::stream_panels<S>(m, depth, a, b, p_begin, p_end, store);
   const Index row_tiles = (m + MR - 1) / MR, stream_rows = p_end * depth;  // B: rows of kNR scalars
   for (Index p = p_begin; p < p_end; ++p) {
     const S* panel = b + p * depth * NR;
@@ -271,8 +340,14 @@ constexpr Index gemm_workspace_size(Index m, Index n, Index depth) {
 // products whose operands change on every call (the backward pass's). Both operands are packed
 // block by block into workspace (≥ gemm_workspace_size(m, n, depth) scalars), so a packed block
 // is used while it is still in cache. The sum over the depth runs block after block in a fixed order.
-template <class S>
-void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumulate, std::span<S> workspace) {
+// finish(i, j, rows, cols) is called on each block of C as soon as it holds its result, while it is
+// still in cache (an elementwise step that follows the product, say).
+struct NoFinish {
+  void operator()(Index, Index, Index, Index) const {}
+};
+template <class S, class Finish = NoFinish>
+void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumulate, std::span<S> workspace,
+          Finish&& finish = {}) {
   constexpr int NR = Blocking<S>::kNR;
   constexpr Index KC = Blocking<S>::kKC, NC = GemmBlocks<S>::kNC, MC = GemmBlocks<S>::kMC;
   const Index m = c.rows(), n = c.cols();
@@ -302,6 +377,7 @@ void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumula
             c.block(i0 + i, j, mr, cols) += t;
           else
             c.block(i0 + i, j, mr, cols) = t;
+          if (k0 + kc == depth) finish(i0 + i, j, mr, cols);
           // The next tile of C, while the next micro-kernel runs: C may be large (a weight gradient).
           for (Index r = i0 + i + mr; r < std::min(m, i0 + i + 2 * mr); ++r)
             for (Index col = 0; col < cols; col += 64 / Index(sizeof(S))) Eigen::internal::prefetch(&c(r, j + col));
