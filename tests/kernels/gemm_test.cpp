@@ -98,30 +98,46 @@ TYPED_TEST(GemmTest, PackedLayoutsAreTheDocumentedOnes) {
   }
 }
 
+// A and B packed once; multiply(p_begin, p_end, c) writes those panels of A·B into c through
+// multiply_packed's store.
+template <class S>
+class PackedProduct {
+ public:
+  PackedProduct(const RowMatrix<S>& a, const RowMatrix<S>& b)
+      : m_(a.rows()), n_(b.cols()), depth_(a.cols()), pa_(static_cast<std::size_t>(m_ * depth_)),
+        pb_(static_cast<std::size_t>(panels() * depth_ * kNR)), tiles_(static_cast<std::size_t>(m_ * kNR)) {
+    moe::kernels::pack_a<S>(moe::kernels::strided<S>(a), m_, depth_, pa_.data());
+    moe::kernels::pack_b<S>(moe::kernels::strided<S>(b), depth_, n_, pb_.data());
+  }
+  Index panels() const { return moe::kernels::num_panels<S>(n_); }
+  void multiply(Index p_begin, Index p_end, RowMatrix<S>& c) {
+    moe::kernels::multiply_packed<S>(m_, depth_, pa_.data(), pb_.data(), p_begin, p_end, tiles_.data(),
+                                     [&](Index i0, Index mr, Index p, const S* tile) {
+      for (Index i = 0; i < mr; ++i)
+        for (Index j = p * kNR; j < std::min(n_, (p + 1) * kNR); ++j) c(i0 + i, j) = tile[i * kNR + j - p * kNR];
+    });
+  }
+
+ private:
+  static constexpr Index kNR = Blocking<S>::kNR;
+  Index m_, n_, depth_;
+  std::vector<S> pa_, pb_, tiles_;
+};
+
 // multiply_packed over a range of panels computes exactly those panels, with the same bits as the
 // whole product: every element is one sum in a fixed order however the work is split.
 TYPED_TEST(GemmTest, PanelRangesGiveTheSameBitsAsTheWholeProduct) {
   using S = TypeParam;
   constexpr Index NR = Blocking<S>::kNR;
-  const Index m = 29, n = 5 * NR - 3, depth = Blocking<S>::kKC + 17, panels = moe::kernels::num_panels<S>(n);
+  const Index m = 29, n = 5 * NR - 3, depth = Blocking<S>::kKC + 17;
   const RowMatrix<S> a = random_matrix<S>(m, depth, 5), b = random_matrix<S>(depth, n, 6);
-  std::vector<S> pa(static_cast<std::size_t>(m * depth)), pb(static_cast<std::size_t>(panels * depth * NR)),
-      tiles(static_cast<std::size_t>(m * NR));
-  moe::kernels::pack_a<S>(moe::kernels::strided<S>(a), m, depth, pa.data());
-  moe::kernels::pack_b<S>(moe::kernels::strided<S>(b), depth, n, pb.data());
-  const auto run = [&](Index p_begin, Index p_end, RowMatrix<S>& c) {
-    moe::kernels::multiply_packed<S>(m, depth, pa.data(), pb.data(), p_begin, p_end, tiles.data(),
-                                     [&](Index i0, Index mr, Index p, const S* tile) {
-      for (Index i = 0; i < mr; ++i)
-        for (Index j = p * NR; j < std::min(n, (p + 1) * NR); ++j) c(i0 + i, j) = tile[i * NR + j - p * NR];
-    });
-  };
+  PackedProduct<S> product(a, b);
   RowMatrix<S> whole = RowMatrix<S>::Zero(m, n), pieces = RowMatrix<S>::Zero(m, n);
-  run(0, panels, whole);
-  run(3, panels, pieces);
+  product.multiply(0, product.panels(), whole);
+  product.multiply(3, product.panels(), pieces);
   EXPECT_EQ(pieces.leftCols(3 * NR), RowMatrix<S>::Zero(m, 3 * NR)) << "panels outside the range are not written";
-  run(0, 1, pieces);
-  run(1, 3, pieces);
+  product.multiply(0, 1, pieces);
+  product.multiply(1, 3, pieces);
   EXPECT_EQ(pieces, whole);
   MOE_EXPECT_CLOSE(S, whole, reference_product(a, b));
 }
@@ -132,24 +148,14 @@ TYPED_TEST(GemmTest, PanelRangesGiveTheSameBitsAsTheWholeProduct) {
 TYPED_TEST(GemmTest, DecodeStreamsGiveTheSameBitsAsOnePanelAtATime) {
   using S = TypeParam;
   constexpr Index NR = Blocking<S>::kNR, MR = Blocking<S>::kMR;
-  const Index panels = 2 * moe::kernels::kStreams + 1, n = panels * NR - 5, depth = Blocking<S>::kKC + 17;
+  const Index n = (2 * moe::kernels::kStreams + 1) * NR - 5, depth = Blocking<S>::kKC + 17;
   for (Index m = 1; m <= MR; ++m) {
     SCOPED_TRACE(testing::Message() << "m " << m);
     const RowMatrix<S> a = random_matrix<S>(m, depth, 7), b = random_matrix<S>(depth, n, 8);
-    std::vector<S> pa(static_cast<std::size_t>(m * depth)), pb(static_cast<std::size_t>(panels * depth * NR)),
-        tiles(static_cast<std::size_t>(m * NR));
-    moe::kernels::pack_a<S>(moe::kernels::strided<S>(a), m, depth, pa.data());
-    moe::kernels::pack_b<S>(moe::kernels::strided<S>(b), depth, n, pb.data());
-    const auto run = [&](Index p_begin, Index p_end, RowMatrix<S>& c) {
-      moe::kernels::multiply_packed<S>(m, depth, pa.data(), pb.data(), p_begin, p_end, tiles.data(),
-                                       [&](Index i0, Index mr, Index p, const S* tile) {
-        for (Index i = 0; i < mr; ++i)
-          for (Index j = p * NR; j < std::min(n, (p + 1) * NR); ++j) c(i0 + i, j) = tile[i * NR + j - p * NR];
-      });
-    };
+    PackedProduct<S> product(a, b);
     RowMatrix<S> whole = RowMatrix<S>::Zero(m, n), one_by_one = RowMatrix<S>::Zero(m, n);
-    run(0, panels, whole);
-    for (Index p = 0; p < panels; ++p) run(p, p + 1, one_by_one);
+    product.multiply(0, product.panels(), whole);
+    for (Index p = 0; p < product.panels(); ++p) product.multiply(p, p + 1, one_by_one);
     EXPECT_EQ(whole, one_by_one);
     MOE_EXPECT_CLOSE(S, whole, reference_product(a, b));
   }

@@ -8,9 +8,9 @@
 //   - the experts' weights are B, packed once and reused for every batch (GatedExpert keeps them);
 //   - the micro-kernel hands its tile to a store functor instead of writing C, so the activation of a
 //     gated expert or the routing weight is applied as the tile is stored (the "epilogue");
-//   - one tile row count mr ≤ kMR per call: decode (one or a few tokens per expert) runs the same code
-//     with mr = n_e, which reads each weight once for all of the expert's tokens — a stream at
-//     memory bandwidth, where a generic GEMM would repack the weights on every call.
+//   - decode (one or a few tokens per expert) reads each weight once for all of the expert's tokens
+//     — a stream at memory bandwidth, where a generic GEMM would repack the weights on every call:
+//     tiles of mr = n_e rows, and up to 3 rows (AVX-512) four panels at a time, as four streams.
 // Every element of C is one dot product over the whole depth in a fixed order, whatever tiles or
 // threads the caller uses: results are bit-identical for any partition of the work.
 #pragma once
@@ -161,6 +161,13 @@ void pack_a(Strided<S> a, Index m, Index depth, S* out) {
   }
 }
 
+// Decode: with at most kMR / kStreams rows, kStreams panels are read at a time (as many
+// accumulators as the main kernel). Measured in bench_layer (mixtral-mini, alternating builds):
+// T:1 6.8/6.5/7.0 ms with one stream, 6.3/5.7/6.4 with four, and no difference at T:16 from
+// extending it to 6 rows with two streams — so four streams up to 3 rows (AVX-512), and the
+// main kernel above that.
+inline constexpr int kStreams = 4;
+
 namespace micro {
 
 // Asks for the cache line at p (into L2 where the compiler lets us say so: the block it belongs
@@ -253,17 +260,6 @@ template <class S, int W, std::size_t... I>
 constexpr auto stream_kernels(std::index_sequence<I...>) {
   return std::array{&stream_kernel<S, static_cast<int>(I) + 1, W>...};
 }
-
-}  // namespace micro
-
-// Decode: with at most kMR / kStreams rows, kStreams panels are read at a time (as many
-// accumulators as the main kernel). Measured in bench_layer (mixtral-mini, alternating builds):
-// T:1 6.8/6.5/7.0 ms with one stream, 6.3/5.7/6.4 with four, and no difference at T:16 from
-// extending it to 6 rows with two streams — so four streams up to 3 rows (AVX-512), and the
-// main kernel above that.
-inline constexpr int kStreams = 4;
-
-namespace micro {
 
 // store(0, m, p, tile) for the panels [p_begin, p_begin + kStreams·⌊(p_end − p_begin) / kStreams⌋),
 // m ≤ kMR / kStreams; returns where it stopped.

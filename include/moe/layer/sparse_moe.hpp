@@ -305,8 +305,8 @@ class SparseMoE {
     if (training) experts_.weights_changed();
     if (active_.empty()) return;
     grow(packed_in_, rows * std::max(d, f));
-    const Index work = experts_.work_size(rows);  // ≥ any expert's: no growth at a given T
-    grow(scratch_, work * n_threads);
+    const Index per_thread = experts_.work_size(rows);  // ≥ any expert's: no growth at a given T
+    grow(scratch_, per_thread * n_threads);
     if (!training) {  // inference applies the routing weights in the down projection
       row_weight_.resize(static_cast<std::size_t>(rows));
       for (Index slot = 0; slot < state.plan.weight.size(); ++slot)
@@ -325,7 +325,7 @@ class SparseMoE {
       const Index chunk = (panels + splits - 1) / splits, per = (panels + chunk - 1) / chunk;
       detail::parallel_for(Index(active_.size()) * per, n_threads, [&](Index item, int thread) {
         const Index e = active_[item / per], p0 = item % per * chunk;
-        body(e, dispatch.offset[e], dispatch.rows_of(e), p0, std::min(panels, p0 + chunk), scratch_.data() + thread * work);
+        body(e, dispatch.offset[e], dispatch.rows_of(e), p0, std::min(panels, p0 + chunk), scratch_.data() + thread * per_thread);
       });
     };
 
