@@ -258,14 +258,16 @@ TEST(GatedExpertGrad, GeGluMatchesFiniteDifferences) {
   EXPECT_TRUE(result.ok) << result.log;
 }
 
-TEST(GatedExpertGrad, BackwardScratchIsTwoHiddenBlocksAndThePackingOfItsLargestProduct) {
+TEST(GatedExpertGrad, BackwardScratchIsTheHiddenGradientsThePackedOperandsAndTheWeightGradientsWorkspace) {
   const auto expert = make_expert<float, moe::Silu>();
-  const moe::Index d = expert.d_model(), f = kHidden, n = kTokens;
+  const moe::Index d = expert.d_model(), f = kHidden, n = kTokens, depth = std::max(d, 2 * f);
+  constexpr moe::Index NR = moe::kernels::Blocking<float>::kNR;
   using moe::kernels::gemm_workspace_size;
-  // The products: d_w2 [d, f] and d_w1, d_w3 [f, d] over the n tokens; d_h [n, f] over d; d_x [n, d] over f.
+  // [d_h1 | d_h3] [n, 2f]; d_y or [d_h1 | d_h3] packed; tiles [n][kNR] and one panel [depth][kNR] of
+  // the products by the weights; gemm's workspace for d_w2 [d, f] and d_w1, d_w3 [f, d] over n tokens.
   EXPECT_EQ(expert.backward_scratch_size(n),
-            2 * n * f + std::max({gemm_workspace_size<float>(d, f, n), gemm_workspace_size<float>(f, d, n),
-                                  gemm_workspace_size<float>(n, f, d), gemm_workspace_size<float>(n, d, f)}));
+            2 * n * f + n * depth + (n + depth) * NR +
+                std::max(gemm_workspace_size<float>(d, f, n), gemm_workspace_size<float>(f, d, n)));
   static_assert(moe::TrainableExpert<moe::SwiGluExpert<float>>);
   static_assert(moe::PackedExpert<moe::SwiGluExpert<float>>);
 }

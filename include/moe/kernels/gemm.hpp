@@ -333,17 +333,11 @@ constexpr Index gemm_workspace_size(Index m, Index n, Index depth) {
 }
 
 // C = A·B, or C += A·B when accumulate: A m × depth, B depth × n, C [m, n] (any strides), for
-// products whose operands change on every call (the backward pass's). Both operands are packed
+// products whose operands all change on every call (the weight gradients). Both operands are packed
 // block by block into workspace (≥ gemm_workspace_size(m, n, depth) scalars), so a packed block
 // is used while it is still in cache. The sum over the depth runs block after block in a fixed order.
-// finish(i, j, rows, cols) is called on each block of C as soon as it holds its result, while it is
-// still in cache (an elementwise step that follows the product, say).
-struct NoFinish {
-  void operator()(Index, Index, Index, Index) const {}
-};
-template <class S, class Finish = NoFinish>
-void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumulate, std::span<S> workspace,
-          Finish&& finish = {}) {
+template <class S>
+void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumulate, std::span<S> workspace) {
   constexpr int NR = Blocking<S>::kNR;
   constexpr Index KC = Blocking<S>::kKC, NC = GemmBlocks<S>::kNC, MC = GemmBlocks<S>::kMC;
   const Index m = c.rows(), n = c.cols();
@@ -373,7 +367,6 @@ void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumula
             c.block(i0 + i, j, mr, cols) += t;
           else
             c.block(i0 + i, j, mr, cols) = t;
-          if (k0 + kc == depth) finish(i0 + i, j, mr, cols);
           // The next tile of C, while the next micro-kernel runs: C may be large (a weight gradient).
           for (Index r = i0 + i + mr; r < std::min(m, i0 + i + 2 * mr); ++r)
             for (Index col = 0; col < cols; col += 64 / Index(sizeof(S))) Eigen::internal::prefetch(&c(r, j + col));
