@@ -148,6 +148,18 @@ TYPED_TEST(GatedExpertTest, ZeroRowsIsANoOp) {
   EXPECT_EQ(y.rows(), 0);
 }
 
+TYPED_TEST(GatedExpertTest, BackwardOfZeroRowsLeavesTheGradientsAlone) {
+  using S = TypeParam;
+  const auto expert = make_expert<S, moe::Silu>();
+  auto grads = expert.make_gradients();
+  for (auto* bank : {&grads.w1(), &grads.w2(), &grads.w3()}) bank->all().setConstant(S(2));
+  const RowMatrix<S> x(0, kModel), d_y(0, kModel);
+  RowMatrix<S> d_x(0, kModel);
+  std::vector<S> saved, scratch(static_cast<std::size_t>(expert.backward_scratch_size(0)));
+  expert.backward(1, x, saved, d_y, d_x, grads, scratch);
+  for (const auto* bank : {&grads.w1(), &grads.w2(), &grads.w3()}) EXPECT_TRUE((bank->all().array() == S(2)).all());
+}
+
 TYPED_TEST(GatedExpertTest, BadCallsThrowShapeErrorNamingFunctionAndNumbers) {
   using S = TypeParam;
   using moe::test::expect_throw_containing;

@@ -161,4 +161,17 @@ TYPED_TEST(GemmTest, DecodeStreamsGiveTheSameBitsAsOnePanelAtATime) {
   }
 }
 
+// No rows: nothing to store, whatever the panels (the decode kernel takes up to kMR/kStreams rows,
+// not zero).
+TYPED_TEST(GemmTest, NoRowsStoresNothing) {
+  using S = TypeParam;
+  const Index panels = 2 * moe::kernels::kStreams, depth = 5;
+  const std::vector<S> pb(static_cast<std::size_t>(panels * depth * Blocking<S>::kNR), S(1));
+  std::vector<S> tiles(1);
+  int stores = 0;
+  moe::kernels::multiply_packed<S>(0, depth, nullptr, pb.data(), 0, panels, tiles.data(),
+                                   [&](Index, Index, Index, const S*) { ++stores; });
+  EXPECT_EQ(stores, 0);
+}
+
 }  // namespace

@@ -295,6 +295,7 @@ void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin
   constexpr int MR = Blocking<S>::kMR, NR = Blocking<S>::kNR;
   constexpr Index KC = Blocking<S>::kKC, kLine = 64;
   static constexpr auto kernels = micro::micro_kernels<S>(std::make_index_sequence<MR>{});
+  if (m == 0) return;
   // Few rows: B is not reused across row tiles and the product is a read of B from memory, which
   // several streams in flight keep busier than one.
   if (m <= MR / kStreams) p_begin = micro::stream_panels<S>(m, depth, a, b, p_begin, p_end, store);
