@@ -80,30 +80,36 @@ class GatedExpert {
 
     gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work);  // d_w2 += d_yᵀ·h
 
-    kernels::pack_a(strided<S>(d_y), n, d, packed);
-    for (Index j0 = 0; j0 < f; j0 += kNR) {  // d_h = d_y·w2, kNR hidden units at a time
-      const Index cols = std::min<Index>(kNR, f - j0);
-      kernels::pack_b(Strided<S>{w2_[e].data() + j0, f, 1}, d, cols, panel);
-      kernels::multiply_packed<S>(n, d, packed, panel, 0, 1, tiles, [&](Index i0, Index mr, Index, const S* tile) {
-        const Tile d_h(tile, mr, cols, Eigen::OuterStride<>(kNR));
-        const auto a1 = h1.block(i0, j0, mr, cols).array();
-        d_h1.block(i0, j0, mr, cols).array() = d_h * h3.block(i0, j0, mr, cols).array() * Activation::derivative(a1);
-        d_h3.block(i0, j0, mr, cols).array() = d_h * Activation::apply(a1);
-      });
-    }
+    const auto columns = [](Index p, Index size) { return std::pair{p * kNR, std::min<Index>(kNR, size - p * kNR)}; };
+    kernels::pack_a(strided<S>(d_y), n, d, packed);  // d_h = d_y·w2, kNR hidden units at a time
+    kernels::multiply_packing_panels<S>(n, d, packed, 0, kernels::num_panels<S>(f), panel, tiles,
+        [&](Index p, S* out) {
+          const auto [j0, cols] = columns(p, f);
+          kernels::pack_b(Strided<S>{w2_[e].data() + j0, f, 1}, d, cols, out);
+        },
+        [&](Index i0, Index mr, Index p, const S* tile) {
+          const auto [j0, cols] = columns(p, f);
+          const Tile d_h(tile, mr, cols, Eigen::OuterStride<>(kNR));
+          const auto a1 = h1.block(i0, j0, mr, cols).array();
+          d_h1.block(i0, j0, mr, cols).array() = d_h * h3.block(i0, j0, mr, cols).array() * Activation::derivative(a1);
+          d_h3.block(i0, j0, mr, cols).array() = d_h * Activation::apply(a1);
+        });
 
     gemm<S>(strided<S>(d_h1).transposed(), strided<S>(x), n, grads.w1_[e], true, work);  // d_w1 += d_h1ᵀ·x
     gemm<S>(strided<S>(d_h3).transposed(), strided<S>(x), n, grads.w3_[e], true, work);  // d_w3 += d_h3ᵀ·x
 
+    // d_x = [d_h1 | d_h3]·[w1; w3], kNR outputs at a time
     kernels::pack_a(Strided<S>{d_hidden, 2 * f, 1}, n, 2 * f, packed);
-    for (Index j0 = 0; j0 < d; j0 += kNR) {  // d_x = [d_h1 | d_h3]·[w1; w3], kNR outputs at a time
-      const Index cols = std::min<Index>(kNR, d - j0);
-      kernels::pack_b(Strided<S>{w1_[e].data() + j0, d, 1}, f, cols, panel);
-      kernels::pack_b(Strided<S>{w3_[e].data() + j0, d, 1}, f, cols, panel + f * kNR);
-      kernels::multiply_packed<S>(n, 2 * f, packed, panel, 0, 1, tiles, [&](Index i0, Index mr, Index, const S* tile) {
-        d_x.block(i0, j0, mr, cols) = Tile(tile, mr, cols, Eigen::OuterStride<>(kNR)).matrix();
-      });
-    }
+    kernels::multiply_packing_panels<S>(n, 2 * f, packed, 0, kernels::num_panels<S>(d), panel, tiles,
+        [&](Index p, S* out) {
+          const auto [j0, cols] = columns(p, d);
+          kernels::pack_b(Strided<S>{w1_[e].data() + j0, d, 1}, f, cols, out);
+          kernels::pack_b(Strided<S>{w3_[e].data() + j0, d, 1}, f, cols, out + f * kNR);
+        },
+        [&](Index i0, Index mr, Index p, const S* tile) {
+          const auto [j0, cols] = columns(p, d);
+          d_x.block(i0, j0, mr, cols) = Tile(tile, mr, cols, Eigen::OuterStride<>(kNR)).matrix();
+        });
   }
 
   Gradients make_gradients() const { return GatedExpert(config_, /*zeros=*/true); }
@@ -162,7 +168,8 @@ class GatedExpert {
     S* const h1 = memory.data();
     S* const h3 = h1 + n * f;
     S* const h = hidden(memory, n);
-    each_panel(up_packed_, e, d_model(), p_begin, p_end, n, packed_x, work, &GatedExpert::pack_up_panel,
+    each_panel(up_packed_, e, d_model(), p_begin, p_end, n, packed_x, work,
+               [&](Index p, S* panel) { pack_up_panel(e, p, panel); },
                [&](Index i0, Index mr, Index p, const S* tile) {
       const Index unit = p * kPacket, units = std::min<Index>(kPacket, f - unit), at = i0 * f + unit;
       const Tile t1(tile, mr, units, Eigen::OuterStride<>(kNR)), t3(tile + kPacket, mr, units, Eigen::OuterStride<>(kNR));
@@ -176,7 +183,8 @@ class GatedExpert {
   // See the PackedExpert concept: y = scale ⊙ h·w2ᵀ.
   void forward_down(Index e, Index n, const S* packed_h, Index p_begin, Index p_end, S* work, const S* scale,
                     MatrixRef<S> y) const {
-    each_panel(down_packed_, e, d_ff(), p_begin, p_end, n, packed_h, work, &GatedExpert::pack_down_panel,
+    each_panel(down_packed_, e, d_ff(), p_begin, p_end, n, packed_h, work,
+               [&](Index p, S* panel) { pack_down_panel(e, p, panel); },
                [&](Index i0, Index mr, Index p, const S* tile) {
       const Index j0 = p * kNR, cols = std::min<Index>(kNR, d_model() - j0);
       for (Index i = 0; i < mr; ++i) {
@@ -219,19 +227,13 @@ class GatedExpert {
   }
 
   // store(i0, mr, p, tile) for the panels [p_begin, p_end) of expert e (see kernels::multiply_packed):
-  // from the prepacked bank, or else (training: the weights change on every step, and a packed copy
-  // would be written to memory to be read once) each panel packed into work, still in cache, as it
-  // is used. The same panels and the same sums either way.
-  template <class Store>
+  // from the prepacked bank, or else (training) each panel packed by pack(p, panel) as it is used.
+  // The same panels and the same sums either way.
+  template <class Pack, class Store>
   void each_panel(const kernels::PackedBank<S>& bank, Index e, Index depth, Index p_begin, Index p_end, Index n,
-                  const S* packed_in, S* work, void (GatedExpert::*pack)(Index, Index, S*) const, Store&& store) const {
+                  const S* packed_in, S* work, Pack&& pack, Store&& store) const {
     if (bank.packed(e)) return kernels::multiply_packed<S>(n, depth, packed_in, bank[e], p_begin, p_end, work, store);
-    S* const panel = work + n * kNR;
-    for (Index p = p_begin; p < p_end; ++p) {
-      (this->*pack)(e, p, panel);
-      kernels::multiply_packed<S>(n, depth, packed_in, panel, 0, 1, work,
-                                  [&](Index i0, Index mr, Index, const S* tile) { store(i0, mr, p, tile); });
-    }
+    kernels::multiply_packing_panels<S>(n, depth, packed_in, p_begin, p_end, work + n * kNR, work, pack, store);
   }
 
   ExpertConfig config_;

@@ -220,16 +220,16 @@ constexpr auto micro_kernels(std::index_sequence<I...>) {
   return std::array{&micro_kernel<S, static_cast<int>(I) + 1>...};
 }
 
-// Decode's kernel: the [MR][kNR] tiles of W adjacent panels (b, b + panel_size, …) over the whole
-// depth, into tiles [W][MR][kNR]. With a few rows the product is a read of B; W streams in flight
-// keep more of it on its way from memory than one.
-template <class S, int MR, int W>
+// Decode's kernel: the [MR][kNR] tiles of W = kStreams adjacent panels (b, b + panel_size, …) over
+// the whole depth, into tiles [W][MR][kNR]. With a few rows the product is a read of B; W streams in
+// flight keep more of it on its way from memory than one.
+template <class S, int MR>
 void stream_kernel(Index depth, const S* __restrict a, const S* __restrict b, Index panel_size, S* __restrict tiles) {
   using Eigen::internal::ploadu;
   using Eigen::internal::pmadd;
   using Eigen::internal::pset1;
   using Packet = typename Blocking<S>::Packet;
-  constexpr int P = Blocking<S>::kPacket;
+  constexpr int P = Blocking<S>::kPacket, W = kStreams;
   Packet c[W][MR][2];
 #pragma GCC unroll 16
   for (int w = 0; w < W; ++w)
@@ -256,9 +256,9 @@ void stream_kernel(Index depth, const S* __restrict a, const S* __restrict b, In
     }
 }
 
-template <class S, int W, std::size_t... I>
+template <class S, std::size_t... I>
 constexpr auto stream_kernels(std::index_sequence<I...>) {
-  return std::array{&stream_kernel<S, static_cast<int>(I) + 1, W>...};
+  return std::array{&stream_kernel<S, static_cast<int>(I) + 1>...};
 }
 
 // store(0, m, p, tile) for the panels [p_begin, p_begin + kStreams·⌊(p_end − p_begin) / kStreams⌋),
@@ -266,7 +266,7 @@ constexpr auto stream_kernels(std::index_sequence<I...>) {
 template <class S, class Store>
 Index stream_panels(Index m, Index depth, const S* a, const S* b, Index p_begin, Index p_end, Store&& store) {
   constexpr int NR = Blocking<S>::kNR, W = kStreams, kRows = Blocking<S>::kMR / W;
-  static constexpr auto kernels = stream_kernels<S, W>(std::make_index_sequence<kRows>{});
+  static constexpr auto kernels = stream_kernels<S>(std::make_index_sequence<kRows>{});
   alignas(64) S tiles[W * kRows * NR];
   for (; p_begin + W <= p_end; p_begin += W) {
     kernels[static_cast<std::size_t>(m - 1)](depth, a, b + p_begin * depth * NR, depth * NR, tiles);
@@ -314,6 +314,20 @@ void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin
         if (k0 + kc == depth) store(i0, mr, p, static_cast<const S*>(tiles + i0 * NR));
       }
     }
+  }
+}
+
+// multiply_packed over the panels [p_begin, p_end) of a B packed one panel at a time, by
+// pack(p, panel), into `panel` (depth · kNR scalars) just before it is used: for weights that change
+// between calls (training), where a packed copy would be written to memory only to be read once.
+// The same sums as multiply_packed over the whole packed B.
+template <class S, class Pack, class Store>
+void multiply_packing_panels(Index m, Index depth, const S* a, Index p_begin, Index p_end, S* panel, S* tiles,
+                             Pack&& pack, Store&& store) {
+  for (Index p = p_begin; p < p_end; ++p) {
+    pack(p, panel);
+    multiply_packed<S>(m, depth, a, panel, 0, 1, tiles,
+                       [&](Index i0, Index mr, Index, const S* tile) { store(i0, mr, p, tile); });
   }
 }
 
