@@ -1,6 +1,6 @@
 // Elementwise activations of the expert hidden layer. Each is a policy type with
 //   apply(a):      the activation of an Eigen array expression (vectorised where Eigen can),
-//   derivative(a): its derivative at a, for backward, and
+//   derivative(a): its derivative at a, for backward (vectorised too where Eigen can), and
 //   name:          how it is spelled in configs and messages.
 // Formulas follow torch.nn.functional (relu, gelu, gelu(approximate="tanh"), silu).
 #pragma once
@@ -58,11 +58,9 @@ struct GeluTanh {
   template <class A>
   static auto derivative(const Eigen::ArrayBase<A>& a) {
     using S = typename A::Scalar;
-    return a.unaryExpr([](S x) {
-      const S c = S(std::numbers::sqrt2 * std::numbers::inv_sqrtpi);
-      const S t = std::tanh(c * (x + S(0.044715) * x * x * x));
-      return S(0.5) * (S(1) + t) + S(0.5) * x * (S(1) - t * t) * c * (S(1) + S(3 * 0.044715) * x * x);
-    });
+    const S c = S(std::numbers::sqrt2 * std::numbers::inv_sqrtpi);
+    const auto t = (c * (a + S(0.044715) * a.cube())).tanh();
+    return S(0.5) * (S(1) + t) + S(0.5) * c * a * (S(1) - t.square()) * (S(1) + S(3 * 0.044715) * a.square());
   }
 };
 
@@ -78,10 +76,8 @@ struct Silu {
   template <class A>
   static auto derivative(const Eigen::ArrayBase<A>& a) {
     using S = typename A::Scalar;
-    return a.unaryExpr([](S x) {
-      const S sigma = S(1) / (S(1) + std::exp(-x));
-      return sigma * (S(1) + x * (S(1) - sigma));
-    });
+    const auto sigma = (S(1) + (-a).exp()).inverse();
+    return sigma * (S(1) + a * (S(1) - sigma));
   }
 };
 
