@@ -270,16 +270,24 @@ TEST(GatedExpertGrad, GeGluMatchesFiniteDifferences) {
   EXPECT_TRUE(result.ok) << result.log;
 }
 
-TEST(GatedExpertGrad, BackwardScratchIsTheHiddenGradientsThePackedOperandsAndTheWeightGradientsWorkspace) {
-  const auto expert = make_expert<float, moe::Silu>();
-  const moe::Index d = expert.d_model(), f = kHidden, n = kTokens, depth = std::max(d, 2 * f);
-  constexpr moe::Index NR = moe::kernels::Blocking<float>::kNR;
-  using moe::kernels::gemm_workspace_size;
-  // [d_h1 | d_h3] [n, 2f]; d_y or [d_h1 | d_h3] packed; tiles [n][kNR] and one panel [depth][kNR] of
-  // the products by the weights; gemm's workspace for d_w2 [d, f] and d_w1, d_w3 [f, d] over n tokens.
-  EXPECT_EQ(expert.backward_scratch_size(n),
-            2 * n * f + n * depth + (n + depth) * NR +
-                std::max(gemm_workspace_size<float>(d, f, n), gemm_workspace_size<float>(f, d, n)));
+// The scratch backward asks for is enough and all it touches: a shorter one is refused, and with
+// a longer one the scalars past the size it asked for keep their values.
+TEST(GatedExpertGrad, BackwardUsesTheScratchItAsksForAndNoMore) {
+  using S = float;
+  const auto expert = make_expert<S, moe::Silu>();
+  const Index n = kTokens, size = expert.backward_scratch_size(n);
+  const RowMatrix<S> x = moe::test::random_matrix<S>(n, kModel, 7), d_y = moe::test::random_matrix<S>(n, kModel, 8);
+  auto saved = nan_scratch<S>(expert.scratch_size(n));
+  RowMatrix<S> y(n, kModel), d_x(n, kModel);
+  expert.forward(2, x, y, saved);
+  auto grads = expert.make_gradients();
+  auto scratch = nan_scratch<S>(size + 64);
+  std::fill(scratch.begin() + size, scratch.end(), S(5));
+  expert.backward(2, x, saved, d_y, d_x, grads, scratch);
+  EXPECT_TRUE(std::all_of(scratch.begin() + size, scratch.end(), [](S v) { return v == S(5); }));
+  EXPECT_TRUE(d_x.allFinite());
+  auto short_scratch = nan_scratch<S>(size - 1);
+  EXPECT_THROW(expert.backward(2, x, saved, d_y, d_x, grads, short_scratch), moe::shape_error);
   static_assert(moe::TrainableExpert<moe::SwiGluExpert<float>>);
   static_assert(moe::PackedExpert<moe::SwiGluExpert<float>>);
 }
