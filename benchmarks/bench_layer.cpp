@@ -17,6 +17,10 @@
 //   tokens_per_s  tokens per second.
 //   BM_Layer_ForwardBackward/...: forward with a cache + backward (d_x and every gradient); GFLOPS
 //   counts 3× the forward's expert FLOPs (BENCHMARKS.md's convention). Not for mixtral-8x7b.
+//   bwd_per_fwd   the backward's time over an inference forward's (prepacked weights) of the same
+//                 batch, timed in the same iteration outside the benchmark's clock: one iteration
+//                 takes seconds, so comparing with BM_Layer_Forward minutes apart is mostly noise.
+//   train_fwd_per_fwd   the training forward's (the one with a cache) likewise.
 //   BM_Naive_Forward/<shape>/T:<num_tokens>/threads:<n>   the baseline that HF transformers'
 //                 MixtralSparseMoeBlock runs under PyTorch, written with Eigen on the same layer's
 //                 weights: route with the layer's gate, then for each expert gather its tokens'
@@ -369,18 +373,32 @@ void BM_Layer_ForwardBackward(benchmark::State& state, const Shape& s, Index num
   layer.forward(inputs[0], y, cache);  // sizes the cache and the layer's buffers
   layer.backward(cache, d_y, d_x, grads);
 
+  using Clock = std::chrono::steady_clock;
   Index assignments = 0;
   std::size_t batch = 0;
+  std::chrono::duration<double> inference{}, training_forward{}, backward{};
   for (auto _ : state) {
+    state.PauseTiming();
+    layer.prepack();  // the training forward dropped the packed copies
+    const auto t0 = Clock::now();
+    layer.forward(inputs[batch], y);
+    inference += Clock::now() - t0;
+    state.ResumeTiming();
+    const auto t1 = Clock::now();
     layer.forward(inputs[batch], y, cache);
+    const auto t2 = Clock::now();
     layer.backward(cache, d_y, d_x, grads);  // gradients accumulate, as over micro-batches
     benchmark::DoNotOptimize(d_x.data());
     benchmark::ClobberMemory();
+    training_forward += t2 - t1;
+    backward += Clock::now() - t2;
     assignments += layer.last_stats().assignments;
     batch = (batch + 1) % inputs.size();
   }
   add_rate(state, "GFLOPS", 3 * moe::bench::expert_flops(s, assignments) * 1e-9);
   add_tokens_rate(state, num_tokens);
+  state.counters["bwd_per_fwd"] = backward / inference;
+  state.counters["train_fwd_per_fwd"] = training_forward / inference;
 }
 
 // The dense-GEMM ceiling: the routed FLOPs of T tokens as two plain GEMMs through one expert whose
