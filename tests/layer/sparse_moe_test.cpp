@@ -260,15 +260,16 @@ TYPED_TEST(SparseMoEPacked, MutableAccessToTheWeightsDropsThePackedCopies) {
   MOE_EXPECT_CLOSE(S, y, reference_layer_forward(layer, x));
 }
 
-TYPED_TEST(SparseMoEPacked, WritesThroughKeptViewsNeedWeightsChangedOrATrainingForward) {
-  using S = TypeParam;
-  auto layer = mixtral_layer<S>(), twin = mixtral_layer<S>();
+// Scales every expert weight (routed and shared) of `layer` and of its `twin` through views.
+template <class Layer>
+void check_writes_through_kept_views(Layer layer, Layer twin) {
+  using S = typename Layer::Scalar;
   const RowMatrix<S> x = random_matrix<S>(kTokens, kDModel, 812);
   RowMatrix<S> y(kTokens, kDModel), y_twin(kTokens, kDModel);
   const ParameterList<S> views = layer.parameters();  // kept, as an optimizer keeps them
   const auto scale_experts = [](const ParameterList<S>& list) {
     for (const auto& view : list)
-      if (view.name.starts_with("experts.")) view.matrix() *= S(0.5);
+      if (view.name.starts_with("experts.") || view.name.starts_with("shared_experts.w")) view.matrix() *= S(0.5);
   };
   layer.forward(x, y);  // packs
   scale_experts(views);
@@ -280,7 +281,7 @@ TYPED_TEST(SparseMoEPacked, WritesThroughKeptViewsNeedWeightsChangedOrATrainingF
 
   // An optimizer step between training forwards needs nothing: a training forward packs afresh
   // and leaves nothing packed for the inference forward after it.
-  typename MixtralLayer<S>::Cache cache, twin_cache;
+  typename Layer::Cache cache, twin_cache;
   layer.forward(x, y, cache);
   scale_experts(views);
   scale_experts(twin.parameters());
@@ -292,6 +293,13 @@ TYPED_TEST(SparseMoEPacked, WritesThroughKeptViewsNeedWeightsChangedOrATrainingF
   layer.forward(x, y);
   twin.forward(x, y_twin);
   EXPECT_TRUE(same_bits(y, y_twin)) << "inference after a training forward and a step";
+}
+
+TYPED_TEST(SparseMoEPacked, WritesThroughKeptViewsNeedWeightsChangedOrATrainingForward) {
+  using S = TypeParam;
+  check_writes_through_kept_views(mixtral_layer<S>(), mixtral_layer<S>());
+  SCOPED_TRACE("shared experts");  // on the packed path too
+  check_writes_through_kept_views(deepseek_layer<S>(), deepseek_layer<S>());
 }
 
 // ---- edge cases ------------------------------------------------------------------------------

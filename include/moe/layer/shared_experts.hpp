@@ -8,6 +8,7 @@
 #include "moe/detail/aligned_allocator.hpp"
 #include "moe/detail/parallel.hpp"
 #include "moe/errors.hpp"
+#include "moe/kernels/gemm.hpp"
 #include "moe/random.hpp"
 
 #include <algorithm>
@@ -56,11 +57,14 @@ class SharedExperts {
 
   // y[t] += g_t · Σ_s expert_s(x[t])   (s ascending), g_t = σ(⟨x[t], w_gate⟩) or 1.
   //   x: [T, d_model];  y: [T, d_model] (accumulated);  cache: nullptr, or filled for backward.
-  // Rows are processed in fixed tiles, so the bits do not depend on the thread count.
+  // Rows are processed in fixed tiles, so the bits do not depend on the thread count. Experts with
+  // a packed path (PackedExpert, e.g. GatedExpert) run on it as the routed experts do, with their
+  // weights packed once per call in training (they may have changed) and once for all in inference.
   void forward_add(ConstMatrixRef<S> x, MatrixRef<S> y, int threads, Cache* cache = nullptr) {
-    const Index T = x.rows(), d = d_model(), tiles = num_tiles(T);
-    const Index scratch = experts_.scratch_size(std::min(T, kTileRows));
-    const Index per_thread = 2 * kTileRows * d + kTileRows + (cache ? 0 : scratch);  // sum, out, gate, scratch
+    const Index T = x.rows(), d = d_model(), tiles = num_tiles(T), rows = std::min(T, kTileRows);
+    const Index scratch = experts_.scratch_size(rows);
+    // sum, out, gate, the expert's working memory unless cached, and the packed path's operands
+    const Index per_thread = 2 * kTileRows * d + kTileRows + (cache ? 0 : scratch) + packed_size(rows);
     threads = static_cast<int>(std::max<Index>(1, std::min<Index>(threads, tiles)));
     workspace_.resize(static_cast<std::size_t>(per_thread * threads));
     if (cache) {
@@ -68,15 +72,20 @@ class SharedExperts {
       cache->gate.resize(gated_ ? T : 0);
       cache->saved.resize(static_cast<std::size_t>(tiles * num_experts() * scratch));
     }
+    if (cache) weights_changed();
+    prepack();
     detail::parallel_for(tiles, threads, [&](Index tile, int thread) {
       const Index begin = tile * kTileRows, n = std::min(kTileRows, T - begin);
       S* base = workspace_.data() + thread * per_thread;
       Eigen::Map<RowMatrix<S>> sum(base, n, d), out(base + kTileRows * d, n, d);
       Eigen::Map<Vector<S>> gate(base + 2 * kTileRows * d, n);
+      S* const own_memory = base + 2 * kTileRows * d + kTileRows;
+      S* const packed = own_memory + (cache ? 0 : scratch);
       const auto x_tile = x.middleRows(begin, n);
       for (Index s = 0; s < num_experts(); ++s) {
-        S* memory = cache ? cache->saved.data() + (tile * num_experts() + s) * scratch : base + 2 * kTileRows * d + kTileRows;
-        experts_.forward(s, x_tile, s == 0 ? sum : out, std::span<S>(memory, static_cast<std::size_t>(scratch)));
+        S* memory = cache ? cache->saved.data() + (tile * num_experts() + s) * scratch : own_memory;
+        run_expert(s, x_tile, s == 0 ? sum : out, std::span<S>(memory, static_cast<std::size_t>(scratch)), packed,
+                   cache != nullptr);
         if (s > 0) sum += out;
       }
       if (cache) cache->sum.middleRows(begin, n) = sum;
@@ -88,6 +97,16 @@ class SharedExperts {
       }
       y.middleRows(begin, n) += sum;
     });
+    if (cache) weights_changed();  // training's packed copies were for this call: the weights step next
+  }
+
+  // The packed path's copies of the weights (see SparseMoE::prepack): made now, or dropped.
+  void prepack() {
+    if constexpr (PackedExpert<X>)
+      for (Index s = 0; s < num_experts(); ++s) experts_.prepack(s);
+  }
+  void weights_changed() {
+    if constexpr (PackedExpert<X>) experts_.weights_changed();
   }
 
   // d_x += ∂⟨y, d_y⟩/∂x through the shared experts; grads += ∂⟨y, d_y⟩/∂θ.
@@ -142,6 +161,31 @@ class SharedExperts {
  private:
   static constexpr Index kTileRows = 128;
   static Index num_tiles(Index T) { return (T + kTileRows - 1) / kTileRows; }
+
+  // The packed path's per-thread operands for n rows: the packed input of either projection and
+  // the kernels' work.
+  Index packed_size(Index n) const {
+    if constexpr (PackedExpert<X>)
+      return n * std::max(d_model(), experts_.d_ff()) + experts_.work_size(n);
+    else
+      return 0;
+  }
+
+  // out = expert_s(x), memory being the expert's working memory (scratch_size(n), kept for
+  // backward when keep) — on the packed path if the expert has one, its weights prepacked.
+  void run_expert(Index s, ConstMatrixRef<S> x, MatrixRef<S> out, std::span<S> memory, S* packed, bool keep) const {
+    if constexpr (PackedExpert<X>) {
+      const Index n = x.rows(), d = d_model(), f = experts_.d_ff();
+      S* const work = packed + n * std::max(d, f);
+      kernels::pack_a(kernels::strided<S>(x), n, d, packed);
+      experts_.forward_up(s, n, packed, 0, experts_.up_panels(), work, memory, keep);
+      kernels::pack_a(kernels::Strided<S>{experts_.hidden(memory, n), f, 1}, n, f, packed);
+      experts_.forward_down(s, n, packed, 0, experts_.down_panels(), work, nullptr, out);
+    } else {
+      (void)packed, (void)keep;
+      experts_.forward(s, x, out, memory);
+    }
+  }
 
   X experts_;
   bool gated_ = false;

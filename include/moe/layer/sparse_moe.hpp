@@ -182,18 +182,20 @@ class SparseMoE {
     return out;
   }
 
-  // The fast path (PackedExpert: GatedExpert, so SwiGLU and GeGLU) packs each expert's weights for
-  // its kernels on the expert's first inference use. prepack() packs them all now (after loading,
-  // say), so that no forward pays for it. The packed copies are dropped whenever the weights may
-  // change: mutable access to the weights (w1() of a non-const GatedExpert…), parameters(), and
-  // every training forward (which packs as it goes and keeps nothing). Writing through views kept
-  // from before, then calling the inference forward, needs weights_changed() first.
+  // The fast path (PackedExpert: GatedExpert, so SwiGLU and GeGLU; routed and shared experts) packs
+  // each expert's weights for its kernels on the expert's first inference use. prepack() packs them
+  // all now (after loading, say), so that no forward pays for it. The packed copies are dropped
+  // whenever the weights may change: mutable access to the weights (w1() of a non-const
+  // GatedExpert…), parameters(), and every training forward (which keeps none). Writing through
+  // views kept from before, then calling the inference forward, needs weights_changed() first.
   void prepack() {
     if constexpr (PackedExpert<X>)
       detail::parallel_for(num_experts(), threads(), [&](Index e, int) { experts_.prepack(e); });
+    if (shared_) shared_->prepack();
   }
   void weights_changed() {
     if constexpr (PackedExpert<X>) experts_.weights_changed();
+    if (shared_) shared_->weights_changed();
   }
 
   const RoutingStats& last_stats() const { return stats_; }
