@@ -32,9 +32,10 @@ RowMatrix<double> reference_product(const RowMatrix<S>& a, const RowMatrix<S>& b
   return c;
 }
 
-// (m, n, depth): one tile; ragged tiles; more than one depth block, panel block and row block.
+// (m, n, depth): one tile; ragged tiles; more than one depth block, column block (B blocks are
+// ≤ 1 MB: 512 float columns at depth 512) and row block.
 std::vector<std::tuple<Index, Index, Index>> shapes() {
-  return {{1, 1, 1}, {1, 33, 70}, {13, 17, 5}, {25, 100, 600}, {150, 530, 40}, {7, 3, 1100}};
+  return {{1, 1, 1}, {1, 33, 70}, {13, 17, 5}, {25, 100, 600}, {150, 530, 40}, {7, 3, 1100}, {20, 700, 600}};
 }
 
 TYPED_TEST(GemmTest, MatchesATripleLoopForEveryLayoutAndShape) {

@@ -108,8 +108,12 @@ void pack_b(Strided<S> b, Index depth, Index n, S* out) {
         for (Index k = k0; k < std::min(depth, k0 + kBlock); ++k) {
           const S* from = b.data + k * b.row_stride + p * NR;
           S* to = out + p * depth * NR + k * NR;
-          std::copy(from, from + cols, to);
-          std::fill(to + cols, to + NR, S(0));
+          if (cols == NR) {  // a loop the compiler turns into two packet copies, not a memmove call
+            for (int c = 0; c < NR; ++c) to[c] = from[c];
+          } else {
+            std::copy(from, from + cols, to);
+            std::fill(to + cols, to + NR, S(0));
+          }
         }
       }
     return;
@@ -140,7 +144,12 @@ void pack_a(Strided<S> a, Index m, Index depth, S* out) {
     const Index mr = std::min<Index>(MR, m - q0);
     S* panel = out + q0 * depth;
     if (a.row_stride == 1) {  // A = Xᵀ of a row-major X: the mr values of one depth are contiguous
-      for (Index k = 0; k < depth; ++k) std::copy_n(a.data + q0 + k * a.col_stride, mr, panel + k * mr);
+      if (mr == MR) {  // fixed-size copies, not a memmove call per depth
+        for (Index k = 0; k < depth; ++k)
+          for (int i = 0; i < MR; ++i) panel[k * MR + i] = a.data[q0 + k * a.col_stride + i];
+      } else {
+        for (Index k = 0; k < depth; ++k) std::copy_n(a.data + q0 + k * a.col_stride, mr, panel + k * mr);
+      }
     } else if (a.col_stride == 1) {  // rows of A contiguous: P × P blocks through registers
       for (Index k0 = 0; k0 < whole_depth; k0 += P)
         for (Index r0 = 0; r0 < mr; r0 += P) {
@@ -331,23 +340,30 @@ void multiply_packing_panels(Index m, Index depth, const S* a, Index p_begin, In
   }
 }
 
-// gemm()'s blocks (GotoBLAS's loop nest): a kKC × kNC block of B is packed once and stays in L2
-// while kMC × kKC blocks of A pass through L1/L2. kKC is twice the micro-kernel's L1 block (the B
-// block is 1 MB of floats): a weight gradient's depth is one expert's tokens, ~256 at mixtral-mini
-// T=1024 and more for the busiest experts, and every depth block is one more pass over C in memory
-// (8 experts with 270 tokens, d_w1 += d_h1ᵀ·x: 142 ms with blocks of 256, 128 with 512).
+// gemm()'s blocks (GotoBLAS's loop nest): a kc × nc block of B is packed once and stays in L2
+// while kMC × kc blocks of A pass through L1/L2.
+//   kc ≤ kKC, twice the micro-kernel's L1 block: a weight gradient's depth is one expert's tokens,
+//     ~256 at mixtral-mini T=1024 and more for the busiest experts, and every depth block is one
+//     more pass over C in memory (8 experts with 270 tokens, d_w1 += d_h1ᵀ·x: 142 ms with blocks
+//     of 256, 128 with 512);
+//   nc: as many panels as keep the B block within 1 MB, so that a shallow product (a weight
+//     gradient again) packs A once for all of a 1024-wide C rather than once per 512 columns
+//     (d_w1 + d_w3, 8 experts: −8 %, with the fixed-size copies in pack_a and pack_b).
 template <class S>
 struct GemmBlocks {
-  static constexpr Index kNC = 16 * Blocking<S>::kNR;  // 512 columns for AVX-512 floats
   static constexpr Index kMC = 12 * Blocking<S>::kMR;
   static constexpr Index kKC = 2 * Blocking<S>::kKC;
+  static constexpr Index nc(Index kc) {
+    constexpr Index kBytes = Index(1) << 20, NR = Blocking<S>::kNR;
+    return std::max<Index>(1, kBytes / (std::max<Index>(kc, 1) * Index(sizeof(S)) * NR)) * NR;
+  }
 };
 
 // Scratch scalars gemm() needs for C [m, n] and the given depth.
 template <class S>
 constexpr Index gemm_workspace_size(Index m, Index n, Index depth) {
   const Index kc = std::min(GemmBlocks<S>::kKC, depth), mc = std::min(GemmBlocks<S>::kMC, m);
-  const Index nc = num_panels<S>(std::min(GemmBlocks<S>::kNC, n)) * Blocking<S>::kNR;
+  const Index nc = num_panels<S>(std::min(GemmBlocks<S>::nc(kc), n)) * Blocking<S>::kNR;
   return kc * nc + mc * kc + mc * Blocking<S>::kNR;
 }
 
@@ -358,7 +374,7 @@ constexpr Index gemm_workspace_size(Index m, Index n, Index depth) {
 template <class S>
 void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumulate, std::span<S> workspace) {
   constexpr int NR = Blocking<S>::kNR;
-  constexpr Index KC = GemmBlocks<S>::kKC, NC = GemmBlocks<S>::kNC, MC = GemmBlocks<S>::kMC;
+  constexpr Index KC = GemmBlocks<S>::kKC, MC = GemmBlocks<S>::kMC;
   const Index m = c.rows(), n = c.cols();
   if (m == 0 || n == 0) return;
   if (depth == 0) {
@@ -366,6 +382,7 @@ void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumula
     return;
   }
   MOE_ASSERT(static_cast<Index>(workspace.size()) >= gemm_workspace_size<S>(m, n, depth));
+  const Index NC = GemmBlocks<S>::nc(std::min(KC, depth));
   S* const packed_b = workspace.data();
   S* const packed_a = packed_b + std::min(KC, depth) * num_panels<S>(std::min(NC, n)) * NR;
   S* const tiles = packed_a + std::min(MC, m) * std::min(KC, depth);
