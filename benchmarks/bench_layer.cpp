@@ -17,9 +17,10 @@
 //   tokens_per_s  tokens per second.
 //   BM_Layer_ForwardBackward/...: forward with a cache + backward (d_x and every gradient); GFLOPS
 //   counts 3× the forward's expert FLOPs (BENCHMARKS.md's convention). Not for mixtral-8x7b.
-//   bwd_per_fwd   the backward's time over an inference forward's (prepacked weights) of the same
-//                 batch, timed in the same iteration outside the benchmark's clock: one iteration
-//                 takes seconds, so comparing with BM_Layer_Forward minutes apart is mostly noise.
+//   bwd_per_fwd   the backward's time over an inference forward's (prepacked weights, caches
+//                 evicted) of the same batch, timed in the same iteration outside the benchmark's
+//                 clock: one iteration takes seconds, so comparing with BM_Layer_Forward minutes
+//                 apart is mostly noise.
 //   train_fwd_per_fwd   the training forward's (the one with a cache) likewise.
 //   BM_Naive_Forward/<shape>/T:<num_tokens>/threads:<n>   the baseline that HF transformers'
 //                 MixtralSparseMoeBlock runs under PyTorch, written with Eigen on the same layer's
@@ -380,6 +381,7 @@ void BM_Layer_ForwardBackward(benchmark::State& state, const Shape& s, Index num
   for (auto _ : state) {
     state.PauseTiming();
     layer.prepack();  // the training forward dropped the packed copies
+    evict_caches();   // which prepack just wrote, partly into the last-level cache
     const auto t0 = Clock::now();
     layer.forward(inputs[batch], y);
     inference += Clock::now() - t0;
