@@ -27,7 +27,7 @@ class GatedExpert {
   // forward's working memory, kept for backward in training: h1 = x·w1ᵀ, h3 = x·w3ᵀ and
   // h = act(h1) ⊙ h3, each [n, d_ff].
   Index scratch_size(Index n) const { return 3 * n * config_.d_ff; }
-  // backward's: [d_h1 | d_h3] [n, 2·d_ff] and kernels::gemm's workspace for its products.
+  // backward's: d_h1 and d_h3, each [n, d_ff], and kernels::gemm's workspace for its products.
   Index backward_scratch_size(Index n) const {
     const Index d = d_model(), f = d_ff();
     using kernels::gemm_workspace_size;
@@ -61,14 +61,12 @@ class GatedExpert {
     detail::check_expert_backward<S>("GatedExpert::backward", e, num_experts(), d_model(), x, d_y, d_x,
                                      scratch_size(x.rows()), saved, backward_scratch_size(x.rows()), scratch);
     detail::check_same_shape("GatedExpert::backward", config_, grads.config_);
-    using Half = Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>>;
     using kernels::gemm;
     using kernels::strided;
     const Index n = x.rows(), f = d_ff();
     const Eigen::Map<const RowMatrix<S>> h1(saved.data(), n, f), h3(saved.data() + n * f, n, f),
         h(saved.data() + 2 * n * f, n, f);
-    // [n, 2f]: row i is d_h1[i] then d_h3[i], so that d_x's two products read one buffer
-    Half d_h1(scratch.data(), n, f, Eigen::OuterStride<>(2 * f)), d_h3(scratch.data() + f, n, f, Eigen::OuterStride<>(2 * f));
+    Eigen::Map<RowMatrix<S>> d_h1(scratch.data(), n, f), d_h3(scratch.data() + n * f, n, f);
     const std::span<S> work = scratch.subspan(static_cast<std::size_t>(2 * n * f));
 
     gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work);  // d_w2 += d_yᵀ·h

@@ -368,7 +368,8 @@ constexpr Index gemm_workspace_size(Index m, Index n, Index depth) {
 }
 
 // C = A·B, or C += A·B when accumulate: A m × depth, B depth × n, C [m, n] (any strides), for
-// products whose operands all change on every call (the weight gradients). Both operands are packed
+// products with no operand worth keeping packed (the backward's: weight gradients, and products by
+// weights read by columns, which change on every step anyway). Both operands are packed
 // block by block into workspace (≥ gemm_workspace_size(m, n, depth) scalars), so a packed block
 // is used while it is still in cache. The sum over the depth runs block after block in a fixed order.
 template <class S>
