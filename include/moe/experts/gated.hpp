@@ -136,7 +136,7 @@ class GatedExpert {
     S* const h3 = h1 + n * f;
     S* const h = hidden(memory, n);
     each_panel(up_packed_, e, d_model(), p_begin, p_end, n, packed_x, work,
-               [&](Index p, S* panel) { pack_up_panel(e, p, panel); },
+               [&](Index p, S* panel) { pack_up_panel(e, p, panel); }, [&](Index p) { return up_source(e, p); },
                [&](Index i0, Index mr, Index p, const S* tile) {
       const Index unit = p * kPacket, units = std::min<Index>(kPacket, f - unit), at = i0 * f + unit;
       const Tile t1(tile, mr, units, Eigen::OuterStride<>(kNR)), t3(tile + kPacket, mr, units, Eigen::OuterStride<>(kNR));
@@ -151,7 +151,7 @@ class GatedExpert {
   void forward_down(Index e, Index n, const S* packed_h, Index p_begin, Index p_end, S* work, const S* scale,
                     MatrixRef<S> y) const {
     each_panel(down_packed_, e, d_ff(), p_begin, p_end, n, packed_h, work,
-               [&](Index p, S* panel) { pack_down_panel(e, p, panel); },
+               [&](Index p, S* panel) { pack_down_panel(e, p, panel); }, [&](Index p) { return down_source(e, p); },
                [&](Index i0, Index mr, Index p, const S* tile) {
       const Index j0 = p * kNR, cols = std::min<Index>(kNR, d_model() - j0);
       for (Index i = 0; i < mr; ++i) {
@@ -193,14 +193,25 @@ class GatedExpert {
     kernels::pack_b<S>(kernels::Strided<S>{w2_[e].data() + p * kNR * f, 1, f}, f, std::min<Index>(kNR, d - p * kNR), panel);
   }
 
+  // The weights pack_up_panel / pack_down_panel read: rows of w1 and w3, or of w2 (contiguous).
+  kernels::Ahead up_source(Index e, Index p) const {
+    const Index unit = p * kPacket, bytes = std::min<Index>(kPacket, d_ff() - unit) * d_model() * Index(sizeof(S));
+    return {{reinterpret_cast<const char*>(w1_[e].row(unit).data()), reinterpret_cast<const char*>(w3_[e].row(unit).data())},
+            {bytes, bytes}};
+  }
+  kernels::Ahead down_source(Index e, Index p) const {
+    const Index rows = std::min<Index>(kNR, d_model() - p * kNR);
+    return {{reinterpret_cast<const char*>(w2_[e].row(p * kNR).data())}, {rows * d_ff() * Index(sizeof(S))}};
+  }
+
   // store(i0, mr, p, tile) for the panels [p_begin, p_end) of expert e (see kernels::multiply_packed):
-  // from the prepacked bank, or else (training) each panel packed by pack(p, panel) as it is used.
-  // The same panels and the same sums either way.
-  template <class Pack, class Store>
+  // from the prepacked bank, or else (training) each panel packed by pack(p, panel) as it is used,
+  // the next one's source(p) on its way meanwhile. The same panels and the same sums either way.
+  template <class Pack, class Source, class Store>
   void each_panel(const kernels::PackedBank<S>& bank, Index e, Index depth, Index p_begin, Index p_end, Index n,
-                  const S* packed_in, S* work, Pack&& pack, Store&& store) const {
+                  const S* packed_in, S* work, Pack&& pack, Source&& source, Store&& store) const {
     if (bank.packed(e)) return kernels::multiply_packed<S>(n, depth, packed_in, bank[e], p_begin, p_end, work, store);
-    kernels::multiply_packing_panels<S>(n, depth, packed_in, p_begin, p_end, work + n * kNR, work, pack, store);
+    kernels::multiply_packing_panels<S>(n, depth, packed_in, p_begin, p_end, work + n * kNR, work, pack, source, store);
   }
 
   ExpertConfig config_;

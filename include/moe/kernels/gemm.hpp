@@ -286,6 +286,12 @@ Index stream_panels(Index m, Index depth, const S* a, const S* b, Index p_begin,
 
 }  // namespace micro
 
+// Memory to bring into L2 while a product runs: up to two contiguous runs of bytes.
+struct Ahead {
+  std::array<const char*, 2> data{};
+  std::array<Index, 2> bytes{};
+};
+
 // For every panel p ∈ [p_begin, p_end) of the packed B and every micro-panel of the packed A (m rows):
 // tile = A[rows i0 … i0 + mr) · B[panel p], then store(i0, mr, p, tile), tile being [mr][kNR]
 // row-major. The depth is walked in blocks of kKC, so that the block of the B panel in use stays in
@@ -298,9 +304,12 @@ Index stream_panels(Index m, Index depth, const S* a, const S* b, Index p_begin,
 // stays busy at an even pace when B comes from DRAM, whether a block is used by one tile (decode)
 // or by several (a few dozen tokens per expert, where a burst for the first tile and none for the
 // others would leave the multiplications and the memory taking turns).
+// With `ahead`, the tiles prefetch those bytes instead, spread evenly over the call (a tile's share
+// that straddles the two runs is cut at the end of the first): the sources of the next panel when
+// each panel is packed just before it is used (multiply_packing_panels).
 template <class S, class Store>
 void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin, Index p_end, S* tiles,
-                     Store&& store) {
+                     Store&& store, const Ahead* ahead = nullptr) {
   constexpr int MR = Blocking<S>::kMR, NR = Blocking<S>::kNR;
   constexpr Index KC = Blocking<S>::kKC, kLine = 64;
   static constexpr auto kernels = micro::micro_kernels<S>(std::make_index_sequence<MR>{});
@@ -309,17 +318,27 @@ void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin
   // several streams in flight keep busier than one.
   if (m <= MR / kStreams) p_begin = micro::stream_panels<S>(m, depth, a, b, p_begin, p_end, store);
   const Index row_tiles = (m + MR - 1) / MR, stream_rows = p_end * depth;  // B: rows of kNR scalars
-  for (Index p = p_begin; p < p_end; ++p) {
+  const Index blocks = (p_end - p_begin) * ((depth + KC - 1) / KC);
+  const Index run0 = ahead ? ahead->bytes[0] / kLine : 0, ahead_lines = ahead ? run0 + ahead->bytes[1] / kLine : 0;
+  for (Index p = p_begin, block = 0; p < p_end; ++p) {
     const S* panel = b + p * depth * NR;
-    for (Index k0 = 0; k0 < depth; k0 += KC) {
-      const Index kc = std::min(KC, depth - k0), ahead = p * depth + k0 + kc + KC;  // two blocks ahead
-      const Index lines = std::clamp<Index>(stream_rows - ahead, 0, kc) * NR * Index(sizeof(S)) / kLine;
-      const char* next = lines > 0 ? reinterpret_cast<const char*>(b + ahead * NR) : nullptr;
+    for (Index k0 = 0; k0 < depth; k0 += KC, ++block) {
+      const Index kc = std::min(KC, depth - k0), two_ahead = p * depth + k0 + kc + KC;
+      const Index lines = std::clamp<Index>(stream_rows - two_ahead, 0, kc) * NR * Index(sizeof(S)) / kLine;
+      const char* next = lines > 0 ? reinterpret_cast<const char*>(b + two_ahead * NR) : nullptr;
       for (Index t = 0, i0 = 0; i0 < m; ++t, i0 += MR) {
         const Index mr = std::min<Index>(MR, m - i0);
-        const Index first = lines * t / row_tiles, last = lines * (t + 1) / row_tiles;
+        Index first = lines * t / row_tiles, count = lines * (t + 1) / row_tiles - first;
+        const char* from = next ? next + first * kLine : nullptr;
+        if (ahead) {  // this tile's share of the runs, cut at the end of the run it starts in
+          const Index share = block * row_tiles + t, shares = blocks * row_tiles;
+          first = ahead_lines * share / shares;
+          const Index last = ahead_lines * (share + 1) / shares;
+          count = first < run0 ? std::min(last, run0) - first : last - first;
+          from = first < run0 ? ahead->data[0] + first * kLine : ahead->data[1] + (first - run0) * kLine;
+        }
         kernels[static_cast<std::size_t>(mr - 1)](kc, a + i0 * depth + k0 * mr, panel + k0 * NR, tiles + i0 * NR, k0 > 0,
-                                                  next + first * kLine, last - first);
+                                                  from, count);
         if (k0 + kc == depth) store(i0, mr, p, static_cast<const S*>(tiles + i0 * NR));
       }
     }
@@ -329,14 +348,16 @@ void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin
 // multiply_packed over the panels [p_begin, p_end) of a B packed one panel at a time, by
 // pack(p, panel), into `panel` (depth · kNR scalars) just before it is used: for weights that change
 // between calls (training), where a packed copy would be written to memory only to be read once.
-// The same sums as multiply_packed over the whole packed B.
-template <class S, class Pack, class Store>
+// source(p) says where pack(p, ·) reads (an Ahead), so that panel p + 1's source is on its way from
+// memory while panel p is multiplied. The same sums as multiply_packed over the whole packed B.
+template <class S, class Pack, class Source, class Store>
 void multiply_packing_panels(Index m, Index depth, const S* a, Index p_begin, Index p_end, S* panel, S* tiles,
-                             Pack&& pack, Store&& store) {
+                             Pack&& pack, Source&& source, Store&& store) {
   for (Index p = p_begin; p < p_end; ++p) {
     pack(p, panel);
+    const Ahead next = p + 1 < p_end ? source(p + 1) : Ahead{};
     multiply_packed<S>(m, depth, a, panel, 0, 1, tiles,
-                       [&](Index i0, Index mr, Index, const S* tile) { store(i0, mr, p, tile); });
+                       [&](Index i0, Index mr, Index, const S* tile) { store(i0, mr, p, tile); }, &next);
   }
 }
 
