@@ -52,10 +52,11 @@ class GatedExpert {
   //   d_w2 += d_yᵀ·h,  d_h1 = d_h ⊙ h3 ⊙ act'(h1),  d_h3 = d_h ⊙ act(h1),
   //   d_w1 += d_h1ᵀ·x, d_w3 += d_h3ᵀ·x,  d_x = d_h1·w1 + d_h3·w3.
   // Every product runs on kernels::gemm, which packs both operands block by block: unlike the
-  // forward's, the backward's products by the weights read them by columns, and d_x's left operand
-  // ([n, 2·d_ff]) is too big to be reread from cache for every weight panel (mixtral-mini T=1024,
-  // 8 experts: d_h 155 → 133 ms, d_x 269 → 241 ms against the forward's packing per panel). The
-  // activation's derivative is one contiguous pass over d_h.
+  // forward's, the backward's products by the weights read them by columns, and d_x's left operands
+  // (d_h1 and d_h3, 2·n·d_ff) are too big to be reread from cache for every weight panel
+  // (mixtral-mini T=1024, 8 experts: d_h 155 → 133 ms, d_x 269 → 241 ms against running them one
+  // weight panel at a time, as the forward does). The activation's derivative is one contiguous
+  // pass over d_h.
   void backward(Index e, ConstMatrixRef<S> x, std::span<const S> saved, ConstMatrixRef<S> d_y, MatrixRef<S> d_x,
                 Gradients& grads, std::span<S> scratch) const {
     detail::check_expert_backward<S>("GatedExpert::backward", e, num_experts(), d_model(), x, d_y, d_x,

@@ -328,14 +328,17 @@ void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin
       const char* next = lines > 0 ? reinterpret_cast<const char*>(b + two_ahead * NR) : nullptr;
       for (Index t = 0, i0 = 0; i0 < m; ++t, i0 += MR) {
         const Index mr = std::min<Index>(MR, m - i0);
-        Index first = lines * t / row_tiles, count = lines * (t + 1) / row_tiles - first;
-        const char* from = next ? next + first * kLine : nullptr;
-        if (ahead) {  // this tile's share of the runs, cut at the end of the run it starts in
+        const char* from = nullptr;  // this tile's share of the lines to prefetch
+        Index count = 0;
+        if (ahead) {  // a share of the runs, cut at the end of the run it starts in
           const Index share = block * row_tiles + t, shares = blocks * row_tiles;
-          first = ahead_lines * share / shares;
-          const Index last = ahead_lines * (share + 1) / shares;
+          const Index first = ahead_lines * share / shares, last = ahead_lines * (share + 1) / shares;
           count = first < run0 ? std::min(last, run0) - first : last - first;
           from = first < run0 ? ahead->data[0] + first * kLine : ahead->data[1] + (first - run0) * kLine;
+        } else if (next) {
+          const Index first = lines * t / row_tiles;
+          count = lines * (t + 1) / row_tiles - first;
+          from = next + first * kLine;
         }
         kernels[static_cast<std::size_t>(mr - 1)](kc, a + i0 * depth + k0 * mr, panel + k0 * NR, tiles + i0 * NR, k0 > 0,
                                                   from, count);
