@@ -140,17 +140,22 @@ template <class S>
 void pack_a(Strided<S> a, Index m, Index depth, S* out) {
   constexpr int MR = Blocking<S>::kMR, P = Blocking<S>::kPacket;
   const Index whole_depth = depth / P * P;
+  if (a.row_stride == 1) {  // A = Xᵀ of a row-major X: row k of X holds depth k of every micro-panel
+    // Row by row, so X is read in order (a micro-panel at a time read a line of every row of X, a
+    // page apart: packing d_h1ᵀ for d_w1 += d_h1ᵀ·x took 2.6 cycles a value, now 2.1).
+    const Index whole = m / MR * MR;
+    for (Index k = 0; k < depth; ++k) {
+      const S* from = a.data + k * a.col_stride;
+      for (Index q0 = 0; q0 < whole; q0 += MR)  // fixed-size copies, not a memmove call each
+        for (int i = 0; i < MR; ++i) out[q0 * depth + k * MR + i] = from[q0 + i];
+      if (whole < m) std::copy_n(from + whole, m - whole, out + whole * depth + k * (m - whole));
+    }
+    return;
+  }
   for (Index q0 = 0; q0 < m; q0 += MR) {
     const Index mr = std::min<Index>(MR, m - q0);
     S* panel = out + q0 * depth;
-    if (a.row_stride == 1) {  // A = Xᵀ of a row-major X: the mr values of one depth are contiguous
-      if (mr == MR) {  // fixed-size copies, not a memmove call per depth
-        for (Index k = 0; k < depth; ++k)
-          for (int i = 0; i < MR; ++i) panel[k * MR + i] = a.data[q0 + k * a.col_stride + i];
-      } else {
-        for (Index k = 0; k < depth; ++k) std::copy_n(a.data + q0 + k * a.col_stride, mr, panel + k * mr);
-      }
-    } else if (a.col_stride == 1) {  // rows of A contiguous: P × P blocks through registers
+    if (a.col_stride == 1) {  // rows of A contiguous: P × P blocks through registers
       for (Index k0 = 0; k0 < whole_depth; k0 += P)
         for (Index r0 = 0; r0 < mr; r0 += P) {
           const Index rb = std::min<Index>(P, mr - r0);
@@ -158,7 +163,11 @@ void pack_a(Strided<S> a, Index m, Index depth, S* out) {
           for (int j = 0; j < P; ++j) {
             alignas(64) S column[P];
             Eigen::internal::pstore(column, block.packet[j]);
-            std::copy_n(column, rb, panel + (k0 + j) * mr + r0);
+            if (MR <= P && rb == MR) {  // a whole micro-panel (kMR ≤ the packet size): a fixed-size copy
+              for (int i = 0; i < MR; ++i) panel[(k0 + j) * MR + i] = column[i];
+            } else {
+              std::copy_n(column, rb, panel + (k0 + j) * mr + r0);
+            }
           }
         }
       for (Index k = whole_depth; k < depth; ++k)
