@@ -186,6 +186,15 @@ void pack_a(Strided<S> a, Index m, Index depth, S* out) {
 // main kernel above that.
 inline constexpr int kStreams = 4;
 
+inline constexpr Index kLine = 64;  // bytes of a cache line
+
+// Cache lines to prefetch: `count` lines from `at`, in runs of `run` bytes that start `stride`
+// bytes apart (rows of a matrix; one contiguous run has run = count · kLine).
+struct Lines {
+  const char* at = nullptr;
+  Index count = 0, run = 0, stride = 0;
+};
+
 namespace micro {
 
 // Asks for the cache line at p (into L2 where the compiler lets us say so: the block it belongs
@@ -198,12 +207,12 @@ inline void prefetch_l2(const void* p) {
 #endif
 }
 
-// tile[i][c] (+)= Σ_k a[k·MR + i] · b[k·kNR + c]   for i < MR, c < kNR; tile is [MR][kNR] and is
-// added to when accumulate, overwritten otherwise. On the way it prefetches `lines` cache lines
-// from `ahead`, spread evenly over its depth.
+// tile[i][c] (+)= Σ_k a[k·MR + i] · b[k·kNR + c]   for i < MR, c < kNR; row i of the tile starts
+// at tile + i · tile_stride, and is added to when accumulate, overwritten otherwise. On the way it
+// prefetches the lines `ahead`, spread evenly over its depth.
 template <class S, int MR>
-void micro_kernel(Index depth, const S* __restrict a, const S* __restrict b, S* __restrict tile, bool accumulate,
-                  const char* ahead, Index lines) {
+void micro_kernel(Index depth, const S* __restrict a, const S* __restrict b, S* __restrict tile, Index tile_stride,
+                  bool accumulate, Lines ahead) {
   using Eigen::internal::ploadu;
   using Eigen::internal::pmadd;
   using Eigen::internal::pset1;
@@ -212,12 +221,15 @@ void micro_kernel(Index depth, const S* __restrict a, const S* __restrict b, S* 
   Packet c0[MR], c1[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
-    c0[i] = accumulate ? ploadu<Packet>(tile + i * 2 * P) : pset1<Packet>(S(0));
-    c1[i] = accumulate ? ploadu<Packet>(tile + i * 2 * P + P) : pset1<Packet>(S(0));
+    c0[i] = accumulate ? ploadu<Packet>(tile + i * tile_stride) : pset1<Packet>(S(0));
+    c1[i] = accumulate ? ploadu<Packet>(tile + i * tile_stride + P) : pset1<Packet>(S(0));
   }
-  Index owed = 0;  // lines owed, in units of 1/depth
+  Index owed = 0, offset = 0;  // lines owed, in units of 1/depth; where the next one is in its run
   for (Index k = 0; k < depth; ++k, a += MR, b += 2 * P) {
-    for (owed += lines; owed >= depth; owed -= depth, ahead += 64) prefetch_l2(ahead);
+    for (owed += ahead.count; owed >= depth; owed -= depth) {
+      prefetch_l2(ahead.at + offset);
+      if ((offset += kLine) == ahead.run) offset = 0, ahead.at += ahead.stride;
+    }
     const Packet b0 = ploadu<Packet>(b), b1 = ploadu<Packet>(b + P);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -228,8 +240,8 @@ void micro_kernel(Index depth, const S* __restrict a, const S* __restrict b, S* 
   }
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) {
-    Eigen::internal::pstoreu(tile + i * 2 * P, c0[i]);
-    Eigen::internal::pstoreu(tile + i * 2 * P + P, c1[i]);
+    Eigen::internal::pstoreu(tile + i * tile_stride, c0[i]);
+    Eigen::internal::pstoreu(tile + i * tile_stride + P, c1[i]);
   }
 }
 
@@ -320,7 +332,7 @@ template <class S, class Store>
 void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin, Index p_end, S* tiles,
                      Store&& store, const Ahead* ahead = nullptr) {
   constexpr int MR = Blocking<S>::kMR, NR = Blocking<S>::kNR;
-  constexpr Index KC = Blocking<S>::kKC, kLine = 64;
+  constexpr Index KC = Blocking<S>::kKC;
   static constexpr auto kernels = micro::micro_kernels<S>(std::make_index_sequence<MR>{});
   if (m == 0) return;
   // Few rows: B is not reused across row tiles and the product is a read of B from memory, which
@@ -349,8 +361,8 @@ void multiply_packed(Index m, Index depth, const S* a, const S* b, Index p_begin
           count = lines * (t + 1) / row_tiles - first;
           from = next + first * kLine;
         }
-        kernels[static_cast<std::size_t>(mr - 1)](kc, a + i0 * depth + k0 * mr, panel + k0 * NR, tiles + i0 * NR, k0 > 0,
-                                                  from, count);
+        kernels[static_cast<std::size_t>(mr - 1)](kc, a + i0 * depth + k0 * mr, panel + k0 * NR, tiles + i0 * NR, NR,
+                                                  k0 > 0, {from, count, count * kLine, 0});
         if (k0 + kc == depth) store(i0, mr, p, static_cast<const S*>(tiles + i0 * NR));
       }
     }
@@ -370,6 +382,53 @@ void multiply_packing_panels(Index m, Index depth, const S* a, Index p_begin, In
     const Ahead next = p + 1 < p_end ? source(p + 1) : Ahead{};
     multiply_packed<S>(m, depth, a, panel, 0, 1, tiles,
                        [&](Index i0, Index mr, Index, const S* tile) { store(i0, mr, p, tile); }, &next);
+  }
+}
+
+// c (+)= A·B for one of gemm()'s blocks: A packed by pack_a (m × depth), B by pack_b (depth × n),
+// c [m, n] with rows c_stride apart. As in multiply_packed, a block of a B panel stays in L1 while
+// the micro-panels of A pass by; but whole tiles are summed straight from and into c, and each
+// prefetches the rows of c the next tile will use (a weight gradient is tens of MB, so its tiles
+// come from memory, and its rows are pages apart). Tiles at the edges go through `tile` (kMR · kNR
+// scalars).
+template <class S>
+void multiply_into(Index m, Index n, Index depth, const S* a, const S* b, S* c, Index c_stride, bool accumulate,
+                   S* tile) {
+  constexpr int MR = Blocking<S>::kMR, NR = Blocking<S>::kNR;
+  constexpr Index KC = Blocking<S>::kKC, row_bytes = std::max<Index>(kLine, NR * Index(sizeof(S)) / kLine * kLine);
+  static constexpr auto kernels = micro::micro_kernels<S>(std::make_index_sequence<MR>{});
+  const auto rows_of_c = [&](const S* at, Index rows) {
+    return Lines{reinterpret_cast<const char*>(at), rows * row_bytes / kLine, row_bytes, c_stride * Index(sizeof(S))};
+  };
+  const Index panels = num_panels<S>(n);
+  for (Index p = 0; p < panels; ++p) {
+    S* const c_panel = c + p * NR;
+    const Index cols = std::min<Index>(NR, n - p * NR);
+    for (Index k0 = 0; k0 < depth; k0 += KC) {
+      const Index kc = std::min(KC, depth - k0);
+      const bool add = accumulate || k0 > 0, panel_done = k0 + kc == depth;
+      for (Index i0 = 0; i0 < m; i0 += MR) {
+        const Index mr = std::min<Index>(MR, m - i0);
+        Lines next;  // the tile below, or the first of the next panel once this one is done
+        if (i0 + MR < m)
+          next = rows_of_c(c_panel + (i0 + MR) * c_stride, std::min<Index>(MR, m - i0 - MR));
+        else if (panel_done && p + 1 < panels)
+          next = rows_of_c(c_panel + NR, std::min<Index>(MR, m));
+        const S* const a_tile = a + i0 * depth + k0 * mr;
+        const S* const b_block = b + (p * depth + k0) * NR;
+        if (mr == MR && cols == NR) {
+          kernels[MR - 1](kc, a_tile, b_block, c_panel + i0 * c_stride, c_stride, add, next);
+          continue;
+        }
+        kernels[static_cast<std::size_t>(mr - 1)](kc, a_tile, b_block, tile, NR, false, next);
+        const Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>> t(tile, mr, cols, Eigen::OuterStride<>(NR));
+        Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>> to(c_panel + i0 * c_stride, mr, cols, Eigen::OuterStride<>(c_stride));
+        if (add)
+          to += t;
+        else
+          to = t;
+      }
+    }
   }
 }
 
@@ -397,7 +456,7 @@ template <class S>
 constexpr Index gemm_workspace_size(Index m, Index n, Index depth) {
   const Index kc = std::min(GemmBlocks<S>::kKC, depth), mc = std::min(GemmBlocks<S>::kMC, m);
   const Index nc = num_panels<S>(std::min(GemmBlocks<S>::nc(kc), n)) * Blocking<S>::kNR;
-  return kc * nc + mc * kc + mc * Blocking<S>::kNR;
+  return kc * nc + mc * kc + Blocking<S>::kMR * Blocking<S>::kNR;
 }
 
 // C = A·B, or C += A·B when accumulate: A m × depth, B depth × n, C [m, n] (any strides), for
@@ -419,7 +478,7 @@ void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumula
   const Index NC = GemmBlocks<S>::nc(std::min(KC, depth));
   S* const packed_b = workspace.data();
   S* const packed_a = packed_b + std::min(KC, depth) * num_panels<S>(std::min(NC, n)) * NR;
-  S* const tiles = packed_a + std::min(MC, m) * std::min(KC, depth);
+  S* const tile = packed_a + std::min(MC, m) * std::min(KC, depth);
   for (Index j0 = 0; j0 < n; j0 += NC) {
     const Index nc = std::min(NC, n - j0);
     for (Index k0 = 0; k0 < depth; k0 += KC) {
@@ -429,18 +488,7 @@ void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumula
       for (Index i0 = 0; i0 < m; i0 += MC) {
         const Index mc = std::min(MC, m - i0);
         pack_a(Strided<S>{a.data + i0 * a.row_stride + k0 * a.col_stride, a.row_stride, a.col_stride}, mc, kc, packed_a);
-        multiply_packed<S>(mc, kc, packed_a, packed_b, 0, num_panels<S>(nc), tiles,
-                           [&](Index i, Index mr, Index p, const S* tile) {
-          const Index j = j0 + p * NR, cols = std::min<Index>(NR, n - j);
-          const Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>> t(tile, mr, cols, Eigen::OuterStride<>(NR));
-          if (add)
-            c.block(i0 + i, j, mr, cols) += t;
-          else
-            c.block(i0 + i, j, mr, cols) = t;
-          // The next tile of C, while the next micro-kernel runs: C may be large (a weight gradient).
-          for (Index r = i0 + i + mr; r < std::min(m, i0 + i + 2 * mr); ++r)
-            for (Index col = 0; col < cols; col += 64 / Index(sizeof(S))) Eigen::internal::prefetch(&c(r, j + col));
-        });
+        multiply_into<S>(mc, nc, kc, packed_a, packed_b, &c(i0, j0), c.outerStride(), add, tile);
       }
     }
   }
