@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <utility>
 #include <vector>
@@ -79,6 +80,13 @@ auto load_transposed(const S* from, Index stride, Index rows) {
 #pragma GCC diagnostic pop
 #endif
 
+// to[0, N) = from[0, N) as a few vector moves (a loop over N elements becomes scalar moves, as the
+// compiler must assume the two overlap; std::copy_n of a run-time count is a memmove call).
+template <int N, class S>
+void copy_fixed(const S* from, S* to) {
+  std::memcpy(to, from, N * sizeof(S));
+}
+
 // Writes the rows of w [count, depth] as columns [column, column + count) of a panel [depth][kNR]
 // (the panel's other columns are left alone): whole P × P blocks through registers, the edges
 // element by element.
@@ -108,8 +116,8 @@ void pack_b(Strided<S> b, Index depth, Index n, S* out) {
         for (Index k = k0; k < std::min(depth, k0 + kBlock); ++k) {
           const S* from = b.data + k * b.row_stride + p * NR;
           S* to = out + p * depth * NR + k * NR;
-          if (cols == NR) {  // a loop the compiler turns into two packet copies, not a memmove call
-            for (int c = 0; c < NR; ++c) to[c] = from[c];
+          if (cols == NR) {
+            copy_fixed<NR>(from, to);
           } else {
             std::copy(from, from + cols, to);
             std::fill(to + cols, to + NR, S(0));
@@ -146,8 +154,7 @@ void pack_a(Strided<S> a, Index m, Index depth, S* out) {
     const Index whole = m / MR * MR;
     for (Index k = 0; k < depth; ++k) {
       const S* from = a.data + k * a.col_stride;
-      for (Index q0 = 0; q0 < whole; q0 += MR)  // fixed-size copies, not a memmove call each
-        for (int i = 0; i < MR; ++i) out[q0 * depth + k * MR + i] = from[q0 + i];
+      for (Index q0 = 0; q0 < whole; q0 += MR) copy_fixed<MR>(from + q0, out + q0 * depth + k * MR);
       if (whole < m) std::copy_n(from + whole, m - whole, out + whole * depth + k * (m - whole));
     }
     return;
@@ -163,8 +170,8 @@ void pack_a(Strided<S> a, Index m, Index depth, S* out) {
           for (int j = 0; j < P; ++j) {
             alignas(64) S column[P];
             Eigen::internal::pstore(column, block.packet[j]);
-            if (MR <= P && rb == MR) {  // a whole micro-panel (kMR ≤ the packet size): a fixed-size copy
-              for (int i = 0; i < MR; ++i) panel[(k0 + j) * MR + i] = column[i];
+            if (MR <= P && rb == MR) {  // a whole micro-panel (kMR ≤ the packet size)
+              copy_fixed<MR>(column, panel + (k0 + j) * MR);
             } else {
               std::copy_n(column, rb, panel + (k0 + j) * mr + r0);
             }
