@@ -143,9 +143,15 @@ class GatedExpert {
       const Tile t1(tile, mr, units, Eigen::OuterStride<>(kNR)), t3(tile + kPacket, mr, units, Eigen::OuterStride<>(kNR));
       Out(h + at, mr, units, Eigen::OuterStride<>(f)) = Activation::apply(t1) * t3;
       if (!keep) return;
+      if (units == kPacket) {  // read again only by backward: past the caches
+        kernels::stream_rows<S>(tile, kNR, mr, h1 + at, f);
+        kernels::stream_rows<S>(tile + kPacket, kNR, mr, h3 + at, f);
+        return;
+      }
       Out(h1 + at, mr, units, Eigen::OuterStride<>(f)) = t1;
       Out(h3 + at, mr, units, Eigen::OuterStride<>(f)) = t3;
     });
+    if (keep) kernels::stream_fence();
   }
 
   // See the PackedExpert concept: y = scale ⊙ h·w2ᵀ.

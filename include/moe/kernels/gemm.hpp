@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -76,9 +77,51 @@ auto load_transposed(const S* from, Index stride, Index rows) {
   Eigen::internal::ptranspose(block);
   return block;
 }
+
+// to[i·to_stride + c] = from[i·from_stride + c] for i < rows, c < kPacket, with non-temporal
+// stores where the rows of `to` are aligned to a packet: for results that are read much later
+// (what a training forward keeps for backward), which ordinary stores would first read from memory
+// (a store to a line not in cache fetches it) and which would push the data in use out of cache.
+// Call stream_fence() before anything else reads them. Plain stores where there is no such
+// instruction (or `to` is not aligned).
+template <class S>
+void stream_rows(const S* from, Index from_stride, Index rows, S* to, Index to_stride) {
+  using Packet = typename Blocking<S>::Packet;
+  const auto store = [](S* at, Packet p) {
+#if defined(EIGEN_VECTORIZE_AVX512)
+    if constexpr (std::is_same_v<Packet, Eigen::internal::Packet16f>) return _mm512_stream_ps(at, p);
+    if constexpr (std::is_same_v<Packet, Eigen::internal::Packet8d>) return _mm512_stream_pd(at, p);
+#elif defined(EIGEN_VECTORIZE_AVX)
+    if constexpr (std::is_same_v<Packet, Eigen::internal::Packet8f>) return _mm256_stream_ps(at, p);
+    if constexpr (std::is_same_v<Packet, Eigen::internal::Packet4d>) return _mm256_stream_pd(at, p);
+#elif defined(EIGEN_VECTORIZE_SSE2)
+    if constexpr (std::is_same_v<Packet, Eigen::internal::Packet4f>) return _mm_stream_ps(at, p);
+    if constexpr (std::is_same_v<Packet, Eigen::internal::Packet2d>) return _mm_stream_pd(at, p);
+#endif
+    Eigen::internal::pstore(at, p);
+  };
+  const bool aligned = reinterpret_cast<std::uintptr_t>(to) % sizeof(Packet) == 0 &&
+                       to_stride * Index(sizeof(S)) % Index(sizeof(Packet)) == 0;
+  for (Index i = 0; i < rows; ++i) {
+    const Packet p = Eigen::internal::ploadu<Packet>(from + i * from_stride);
+    if (aligned)
+      store(to + i * to_stride, p);
+    else
+      Eigen::internal::pstoreu(to + i * to_stride, p);
+  }
+}
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+
+// Orders stream_rows' stores before the stores that follow (another thread's reads of them
+// come after some such store: a lock, an atomic, the end of a parallel region).
+inline void stream_fence() {
+#if defined(EIGEN_VECTORIZE_SSE2)
+  _mm_sfence();
+#endif
+}
 
 // to[0, N) = from[0, N) as a few vector moves (a loop over N elements becomes scalar moves, as the
 // compiler must assume the two overlap; std::copy_n of a run-time count is a memmove call).
