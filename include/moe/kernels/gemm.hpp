@@ -262,7 +262,7 @@ inline void prefetch_l2(const void* p) {
 // prefetches the lines `ahead`, spread evenly over its depth.
 template <class S, int MR>
 void micro_kernel(Index depth, const S* __restrict a, const S* __restrict b, S* __restrict tile, Index tile_stride,
-                  bool accumulate, Lines ahead) {
+                  bool accumulate, const Lines& ahead) {
   using Eigen::internal::ploadu;
   using Eigen::internal::pmadd;
   using Eigen::internal::pset1;
@@ -274,11 +274,16 @@ void micro_kernel(Index depth, const S* __restrict a, const S* __restrict b, S* 
     c0[i] = accumulate ? ploadu<Packet>(tile + i * tile_stride) : pset1<Packet>(S(0));
     c1[i] = accumulate ? ploadu<Packet>(tile + i * tile_stride + P) : pset1<Packet>(S(0));
   }
+  // By reference: a 32-byte struct passed by value was copied through a vector register from the
+  // caller's scalar stores, a load that waits until the previous tile's stores have drained (the
+  // forward, mixtral-mini T = 1024: +3-7 %, in-process A/B).
+  const char* at = ahead.at;
+  const Index count = ahead.count, run = ahead.run, stride = ahead.stride;
   Index owed = 0, offset = 0;  // lines owed, in units of 1/depth; where the next one is in its run
   for (Index k = 0; k < depth; ++k, a += MR, b += 2 * P) {
-    for (owed += ahead.count; owed >= depth; owed -= depth) {
-      prefetch_l2(ahead.at + offset);
-      if ((offset += kLine) == ahead.run) offset = 0, ahead.at += ahead.stride;
+    for (owed += count; owed >= depth; owed -= depth) {
+      prefetch_l2(at + offset);
+      if ((offset += kLine) == run) offset = 0, at += stride;
     }
     const Packet b0 = ploadu<Packet>(b), b1 = ploadu<Packet>(b + P);
 #pragma GCC unroll 16
