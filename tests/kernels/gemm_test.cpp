@@ -51,11 +51,15 @@ TYPED_TEST(GemmTest, MatchesATripleLoopForEveryLayoutAndShape) {
       for (const bool b_transposed : {false, true}) {
         const Strided<S> a_view = a_transposed ? moe::kernels::strided<S>(a_t).transposed() : moe::kernels::strided<S>(a);
         const Strided<S> b_view = b_transposed ? moe::kernels::strided<S>(b_t).transposed() : moe::kernels::strided<S>(b);
-        RowMatrix<S> c = RowMatrix<S>::Constant(m, n, S(7));
+        // C is a block of a wider matrix (rows further apart than its width): the columns beside it
+        // stay as they are.
+        RowMatrix<S> wide = RowMatrix<S>::Constant(m, n + 3, S(7));
+        auto c = wide.leftCols(n);
         moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/false, workspace);
-        MOE_EXPECT_CLOSE(S, c, expected);
+        MOE_EXPECT_CLOSE(S, RowMatrix<S>(c), expected);
         moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/true, workspace);
-        MOE_EXPECT_CLOSE(S, c, (2 * expected).eval());
+        MOE_EXPECT_CLOSE(S, RowMatrix<S>(c), (2 * expected).eval());
+        EXPECT_EQ(wide.rightCols(3), RowMatrix<S>::Constant(m, 3, S(7)));
       }
   }
 }
