@@ -6,6 +6,7 @@
 #include <moe/testing/gradient_check.hpp>
 
 #include "support/compare.hpp"
+#include "support/packed_path.hpp"
 #include "support/reference_experts.hpp"
 
 #include <gtest/gtest.h>
@@ -222,44 +223,14 @@ TYPED_TEST(GatedExpertTest, SeededInitialisation) {
   EXPECT_NE(a.w1().all(), a.w3().all());
 }
 
-// Backward against central finite differences in double (moe::testing::check_expert: d_x and
-// every parameter of every expert, relative error ‖a − n‖/‖a + n‖ ≤ 1e-6).
-// The layer's fast path (forward_up / forward_down over panel ranges): the same bits from prepacked
-// weights and from panels packed as they are used (training), close to forward(). Ragged sizes:
-// rows past a tile, hidden units past a panel.
-template <class S>
-void check_packed_path() {
-  const Index n = moe::kernels::Blocking<S>::kMR + 3, d = 40, f = 70, e = 1;
-  moe::SwiGluExpert<S> expert({.num_experts = 2, .d_model = d, .d_ff = f, .seed = 9});
-  const RowMatrix<S> x = moe::test::random_matrix<S>(n, d, 3);
-  std::vector<S> packed_x(static_cast<std::size_t>(n * d)), packed_h(static_cast<std::size_t>(n * f)),
-      work = nan_scratch<S>(expert.work_size(n));
-  moe::kernels::pack_a<S>(moe::kernels::strided<S>(x), n, d, packed_x.data());
-  const auto run = [&](bool prepacked) {
-    expert.weights_changed();
-    if (prepacked) expert.prepack(e);
-    std::vector<S> memory = nan_scratch<S>(expert.scratch_size(n));
-    RowMatrix<S> y(n, d);
-    const Index up = expert.up_panels(), down = expert.down_panels();
-    expert.forward_up(e, n, packed_x.data(), 0, up / 2, work.data(), memory, /*keep=*/true);
-    expert.forward_up(e, n, packed_x.data(), up / 2, up, work.data(), memory, /*keep=*/true);
-    moe::kernels::pack_a<S>(moe::kernels::Strided<S>{expert.hidden(memory, n), f, 1}, n, f, packed_h.data());
-    expert.forward_down(e, n, packed_h.data(), 0, 1, work.data(), nullptr, y);
-    expert.forward_down(e, n, packed_h.data(), 1, down, work.data(), nullptr, y);
-    return std::pair{memory, y};
-  };
-  const auto [memory, y] = run(/*prepacked=*/true);
-  const auto [memory_as_used, y_as_used] = run(/*prepacked=*/false);
-  EXPECT_TRUE(memory == memory_as_used) << "h1, h3 and h";
-  EXPECT_TRUE(y == y_as_used);
-  RowMatrix<S> y_forward(n, d);
-  auto scratch = nan_scratch<S>(expert.scratch_size(n));
-  expert.forward(e, x, y_forward, scratch);
-  MOE_EXPECT_CLOSE(S, y, y_forward);
+// The layer's fast path: ragged sizes, rows past a tile and hidden units past a panel.
+TYPED_TEST(GatedExpertTest, PackedPathGivesTheSameBitsPrepackedOrPackedAsUsed) {
+  moe::SwiGluExpert<TypeParam> expert({.num_experts = 2, .d_model = 40, .d_ff = 70, .seed = 9});
+  moe::test::check_packed_path(expert, 1, moe::kernels::Blocking<TypeParam>::kMR + 3);
 }
 
-TYPED_TEST(GatedExpertTest, PackedPathGivesTheSameBitsPrepackedOrPackedAsUsed) { check_packed_path<TypeParam>(); }
-
+// Backward against central finite differences in double (moe::testing::check_expert: d_x and
+// every parameter of every expert, relative error ‖a − n‖/‖a + n‖ ≤ 1e-6).
 TEST(GatedExpertGrad, SwiGluMatchesFiniteDifferences) {
   const moe::testing::GradCheckResult result = moe::testing::check_expert(make_expert<double, moe::Silu>(), 5, 1);
   EXPECT_TRUE(result.ok) << result.log;

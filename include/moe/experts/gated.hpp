@@ -117,7 +117,7 @@ class GatedExpert {
       for (Index p = 0; p < up_panels(); ++p) pack_up_panel(e, p, out + p * d_model() * kNR);
     });
     down_packed_.ensure(e, down_panels() * d_ff() * kNR, [&](S* out) {
-      for (Index p = 0; p < down_panels(); ++p) pack_down_panel(e, p, out + p * d_ff() * kNR);
+      for (Index p = 0; p < down_panels(); ++p) kernels::pack_weight_panel<S>(w2_[e], p, out + p * d_ff() * kNR);
     });
   }
 
@@ -136,9 +136,9 @@ class GatedExpert {
     S* const h1 = memory.data();
     S* const h3 = h1 + n * f;
     S* const h = hidden(memory, n);
-    each_panel(up_packed_, e, d_model(), p_begin, p_end, n, packed_x, work,
-               [&](Index p, S* panel) { pack_up_panel(e, p, panel); }, [&](Index p) { return up_source(e, p); },
-               [&](Index i0, Index mr, Index p, const S* tile) {
+    kernels::multiply_bank<S>(
+        up_packed_, e, n, d_model(), packed_x, p_begin, p_end, work, [&](Index p, S* panel) { pack_up_panel(e, p, panel); },
+        [&](Index p) { return up_source(e, p); }, [&](Index i0, Index mr, Index p, const S* tile) {
       const Index unit = p * kPacket, units = std::min<Index>(kPacket, f - unit), at = i0 * f + unit;
       const Tile t1(tile, mr, units, Eigen::OuterStride<>(kNR)), t3(tile + kPacket, mr, units, Eigen::OuterStride<>(kNR));
       Out(h + at, mr, units, Eigen::OuterStride<>(f)) = Activation::apply(t1) * t3;
@@ -157,15 +157,11 @@ class GatedExpert {
   // See the PackedExpert concept: y = scale ⊙ h·w2ᵀ.
   void forward_down(Index e, Index n, const S* packed_h, Index p_begin, Index p_end, S* work, const S* scale,
                     MatrixRef<S> y) const {
-    each_panel(down_packed_, e, d_ff(), p_begin, p_end, n, packed_h, work,
-               [&](Index p, S* panel) { pack_down_panel(e, p, panel); }, [&](Index p) { return down_source(e, p); },
-               [&](Index i0, Index mr, Index p, const S* tile) {
-      const Index j0 = p * kNR, cols = std::min<Index>(kNR, d_model() - j0);
-      for (Index i = 0; i < mr; ++i) {
-        const S s = scale ? scale[i0 + i] : S(1);
-        for (Index j = 0; j < cols; ++j) y(i0 + i, j0 + j) = s * tile[i * kNR + j];
-      }
-    });
+    kernels::multiply_bank<S>(
+        down_packed_, e, n, d_ff(), packed_h, p_begin, p_end, work,
+        [&](Index p, S* panel) { kernels::pack_weight_panel<S>(w2_[e], p, panel); },
+        [&](Index p) { return kernels::weight_panel_source<S>(w2_[e], p); },
+        [&](Index i0, Index mr, Index p, const S* tile) { kernels::store_output_tile<S>(y, i0, mr, p, tile, scale, nullptr); });
   }
 
  private:
@@ -194,31 +190,11 @@ class GatedExpert {
     kernels::pack_rows_as_columns<S>(w1_[e].middleRows(unit, units), panel, 0);
     kernels::pack_rows_as_columns<S>(w3_[e].middleRows(unit, units), panel, kPacket);
   }
-  // Down panel p: outputs [p·kNR, p·kNR + kNR) of w2 as columns; [d_ff][kNR].
-  void pack_down_panel(Index e, Index p, S* panel) const {
-    const Index d = d_model(), f = d_ff();
-    kernels::pack_b<S>(kernels::Strided<S>{w2_[e].data() + p * kNR * f, 1, f}, f, std::min<Index>(kNR, d - p * kNR), panel);
-  }
-
-  // The weights pack_up_panel / pack_down_panel read: rows of w1 and w3, or of w2 (contiguous).
+  // The weights pack_up_panel reads: rows of w1 and w3.
   kernels::Ahead up_source(Index e, Index p) const {
     const Index unit = p * kPacket, bytes = std::min<Index>(kPacket, d_ff() - unit) * d_model() * Index(sizeof(S));
     return {{reinterpret_cast<const char*>(w1_[e].row(unit).data()), reinterpret_cast<const char*>(w3_[e].row(unit).data())},
             {bytes, bytes}};
-  }
-  kernels::Ahead down_source(Index e, Index p) const {
-    const Index rows = std::min<Index>(kNR, d_model() - p * kNR);
-    return {{reinterpret_cast<const char*>(w2_[e].row(p * kNR).data())}, {rows * d_ff() * Index(sizeof(S))}};
-  }
-
-  // store(i0, mr, p, tile) for the panels [p_begin, p_end) of expert e (see kernels::multiply_packed):
-  // from the prepacked bank, or else (training) each panel packed by pack(p, panel) as it is used,
-  // the next one's source(p) on its way meanwhile. The same panels and the same sums either way.
-  template <class Pack, class Source, class Store>
-  void each_panel(const kernels::PackedBank<S>& bank, Index e, Index depth, Index p_begin, Index p_end, Index n,
-                  const S* packed_in, S* work, Pack&& pack, Source&& source, Store&& store) const {
-    if (bank.packed(e)) return kernels::multiply_packed<S>(n, depth, packed_in, bank[e], p_begin, p_end, work, store);
-    kernels::multiply_packing_panels<S>(n, depth, packed_in, p_begin, p_end, work + n * kNR, work, pack, source, store);
   }
 
   ExpertConfig config_;

@@ -5,7 +5,7 @@
 // multiplication"): B is packed into panels of kNR columns stored k-major ([depth][kNR]), A into
 // micro-panels of at most kMR rows stored k-major ([depth][mr]), and a register-blocked micro-kernel
 // keeps an mr × kNR tile of C in registers while it streams both once. What differs from a BLAS:
-//   - the experts' weights are B, packed once and reused for every batch (GatedExpert keeps them);
+//   - the experts' weights are B, packed once and reused for every batch (the experts keep them);
 //   - the micro-kernel hands its tile to a store functor instead of writing C, so the activation of a
 //     gated expert or the routing weight is applied as the tile is stored (the "epilogue");
 //   - decode (one or a few tokens per expert) reads each weight once for all of the expert's tokens
@@ -577,5 +577,50 @@ class PackedBank {
   std::vector<moe::detail::AlignedVector<S>> panels_;
   std::vector<std::uint8_t> fresh_;
 };
+
+// A torch.nn.Linear weight w [out, in] (rows contiguous) as the B of x·wᵀ: panel p holds the
+// outputs [p·kNR, p·kNR + kNR) as columns, [in][kNR], zeros past the last output.
+template <class S>
+void pack_weight_panel(ConstMatrixRef<S> w, Index p, S* panel) {
+  constexpr int NR = Blocking<S>::kNR;
+  pack_b<S>(Strided<S>{w.data() + p * NR * w.outerStride(), 1, w.outerStride()}, w.cols(),
+            std::min<Index>(NR, w.rows() - p * NR), panel);
+}
+
+// The rows of w that pack_weight_panel(w, p, ·) reads.
+template <class S>
+Ahead weight_panel_source(ConstMatrixRef<S> w, Index p) {
+  constexpr int NR = Blocking<S>::kNR;
+  const Index rows = std::min<Index>(NR, w.rows() - p * NR);
+  return {{reinterpret_cast<const char*>(w.data() + p * NR * w.outerStride())},
+          {rows * w.outerStride() * Index(sizeof(S))}};
+}
+
+// store(i0, mr, p, tile) for the panels [p_begin, p_end) of expert e's B (m rows of the packed A):
+// from the bank if e is packed there, or else (training) each panel packed by pack(p, panel) as it
+// is used, the next one's source(p) on its way meanwhile (multiply_packing_panels; work holds
+// m · kNR scalars of tiles, then one panel). The same panels and the same sums either way.
+template <class S, class Pack, class Source, class Store>
+void multiply_bank(const PackedBank<S>& bank, Index e, Index m, Index depth, const S* a, Index p_begin, Index p_end,
+                   S* work, Pack&& pack, Source&& source, Store&& store) {
+  if (bank.packed(e)) return multiply_packed<S>(m, depth, a, bank[e], p_begin, p_end, work, store);
+  multiply_packing_panels<S>(m, depth, a, p_begin, p_end, work + m * Blocking<S>::kNR, work, pack, source, store);
+}
+
+// The store of an output projection's tile: rows [i0, i0 + mr) of y, columns [p·kNR, …) =
+// scale[row] · (tile + bias) — scale (the routing weights, per row from i0) and bias optional.
+template <class S>
+void store_output_tile(MatrixRef<S>& y, Index i0, Index mr, Index p, const S* tile, const S* scale, const S* bias) {
+  constexpr int NR = Blocking<S>::kNR;
+  const Index j0 = p * NR, cols = std::min<Index>(NR, y.cols() - j0);
+  for (Index i = 0; i < mr; ++i) {
+    const S s = scale ? scale[i0 + i] : S(1);
+    S* const row = &y(i0 + i, j0);
+    if (bias)
+      for (Index j = 0; j < cols; ++j) row[j] = s * (tile[i * NR + j] + bias[j0 + j]);
+    else
+      for (Index j = 0; j < cols; ++j) row[j] = s * tile[i * NR + j];
+  }
+}
 
 }  // namespace moe::kernels

@@ -1,0 +1,56 @@
+// The layer's fast path of an expert (the PackedExpert concept: forward_up / forward_down over
+// panel ranges), checked the same way for every expert that has one.
+#pragma once
+
+#include <moe/concepts.hpp>
+#include <moe/kernels/gemm.hpp>
+
+#include "support/compare.hpp"
+
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <utility>
+#include <vector>
+
+namespace moe::test {
+
+// Expert e of `expert` (d_model d, d_ff f) on n rows, through forward_up and forward_down split into
+// two panel ranges each: the same bits from prepacked weights and from panels packed as they are
+// used (training), and close to forward() — the output, and the working memory kept for backward
+// (which forward() fills too). Ragged sizes (rows past a tile, units past a panel) are the caller's.
+template <class X>
+void check_packed_path(X& expert, Index e, Index n) {
+  using S = typename X::Scalar;
+  const Index d = expert.d_model(), f = expert.d_ff();
+  const auto nan = [](Index size) { return std::vector<S>(static_cast<std::size_t>(size), std::numeric_limits<S>::quiet_NaN()); };
+  const RowMatrix<S> x = random_matrix<S>(n, d, 3);
+  std::vector<S> packed_x(static_cast<std::size_t>(n * d)), packed_h(static_cast<std::size_t>(n * f)), work = nan(expert.work_size(n));
+  kernels::pack_a<S>(kernels::strided<S>(x), n, d, packed_x.data());
+  const auto run = [&](bool prepacked) {
+    expert.weights_changed();
+    if (prepacked) expert.prepack(e);
+    std::vector<S> memory = nan(expert.scratch_size(n));
+    RowMatrix<S> y(n, d);
+    const Index up = expert.up_panels(), down = expert.down_panels();
+    expert.forward_up(e, n, packed_x.data(), 0, up / 2, work.data(), memory, /*keep=*/true);
+    expert.forward_up(e, n, packed_x.data(), up / 2, up, work.data(), memory, /*keep=*/true);
+    kernels::pack_a<S>(kernels::Strided<S>{expert.hidden(memory, n), f, 1}, n, f, packed_h.data());
+    expert.forward_down(e, n, packed_h.data(), 0, 1, work.data(), nullptr, y);
+    expert.forward_down(e, n, packed_h.data(), 1, down, work.data(), nullptr, y);
+    return std::pair{memory, y};
+  };
+  const auto [memory, y] = run(/*prepacked=*/true);
+  const auto [memory_as_used, y_as_used] = run(/*prepacked=*/false);
+  EXPECT_TRUE(memory == memory_as_used) << "the working memory kept for backward";
+  EXPECT_TRUE(y == y_as_used);
+  RowMatrix<S> y_forward(n, d);
+  std::vector<S> memory_forward = nan(expert.scratch_size(n));
+  expert.forward(e, x, y_forward, memory_forward);
+  MOE_EXPECT_CLOSE(S, y, y_forward);
+  const Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>> kept(memory.data(), Index(memory.size())),
+      kept_forward(memory_forward.data(), Index(memory_forward.size()));
+  MOE_EXPECT_CLOSE(S, kept, kept_forward);
+}
+
+}  // namespace moe::test
