@@ -69,7 +69,7 @@ concept TrainableExpert =
       grads.collect_parameters(prefix, list);
     };
 
-// An Expert with the layer's fast path (GatedExpert has one): weights prepacked for the
+// An Expert with the layer's fast path (GatedExpert and FfnExpert have one): weights prepacked for the
 // micro-kernel (kernels/gemm.hpp) and a forward in two phases the layer splits into
 // (expert × panel range) work items over its threads.
 //

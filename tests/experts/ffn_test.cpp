@@ -6,10 +6,12 @@
 #include <moe/testing/gradient_check.hpp>
 
 #include "support/compare.hpp"
+#include "support/packed_path.hpp"
 #include "support/reference_experts.hpp"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -148,6 +150,17 @@ TYPED_TEST(FfnExpertTest, ScratchContract) {
   EXPECT_EQ(again, y);
 }
 
+// The layer's fast path, with and without biases: ragged sizes, rows past a tile and hidden units
+// past a panel.
+TYPED_TEST(FfnExpertTest, PackedPathGivesTheSameBitsPrepackedOrPackedAsUsed) {
+  static_assert(moe::PackedExpert<moe::ReluExpert<TypeParam>>);
+  for (const bool bias : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "bias = " << bias);
+    moe::GeluExpert<TypeParam> expert({.num_experts = 2, .d_model = 40, .d_ff = 70, .bias = bias, .seed = 9});
+    moe::test::check_packed_path(expert, 1, moe::kernels::Blocking<TypeParam>::kMR + 3);
+  }
+}
+
 TYPED_TEST(FfnExpertTest, ZeroRowsIsANoOp) {
   using S = TypeParam;
   const auto expert = make_expert<S, moe::Silu>(/*bias=*/true);
@@ -228,6 +241,26 @@ template <class Activation>
 void expect_ffn_gradients(bool bias) {
   const moe::testing::GradCheckResult result = moe::testing::check_expert(make_expert<double, Activation>(bias), 5, 3);
   EXPECT_TRUE(result.ok) << Activation::name << (bias ? " with" : " without") << " bias\n" << result.log;
+}
+
+// The scratch backward asks for is enough and all it touches: a shorter one is refused, and with
+// a longer one the scalars past the size it asked for keep their values.
+TEST(FfnExpertGrad, BackwardUsesTheScratchItAsksForAndNoMore) {
+  using S = float;
+  const auto expert = make_expert<S, moe::Gelu>(/*bias=*/true);
+  const Index n = kTokens, size = expert.backward_scratch_size(n);
+  const RowMatrix<S> x = moe::test::random_matrix<S>(n, kModel, 7), d_y = moe::test::random_matrix<S>(n, kModel, 8);
+  auto saved = nan_scratch<S>(expert.scratch_size(n));
+  RowMatrix<S> y(n, kModel), d_x(n, kModel);
+  expert.forward(2, x, y, saved);
+  auto grads = expert.make_gradients();
+  auto scratch = nan_scratch<S>(size + 64);
+  std::fill(scratch.begin() + size, scratch.end(), S(5));
+  expert.backward(2, x, saved, d_y, d_x, grads, scratch);
+  EXPECT_TRUE(std::all_of(scratch.begin() + size, scratch.end(), [](S v) { return v == S(5); }));
+  EXPECT_TRUE(d_x.allFinite());
+  auto short_scratch = nan_scratch<S>(size - 1);
+  EXPECT_THROW(expert.backward(2, x, saved, d_y, d_x, grads, short_scratch), moe::shape_error);
 }
 
 TEST(FfnExpertGrad, EveryActivationMatchesFiniteDifferences) {

@@ -239,14 +239,13 @@ template <class S>
 class SparseMoEPacked : public ::testing::Test {};
 TYPED_TEST_SUITE(SparseMoEPacked, test::Scalars);
 
-template <class S>
-void double_first_expert(MixtralLayer<S>& layer) {
-  layer.experts().w2()[0] *= S(2);
-}
-
-TYPED_TEST(SparseMoEPacked, MutableAccessToTheWeightsDropsThePackedCopies) {
-  using S = TypeParam;
-  auto layer = mixtral_layer<S>(), twin = mixtral_layer<S>();
+template <class Layer>
+void check_mutable_access_drops_the_packed_copies(Layer layer, Layer twin) {
+  using S = typename Layer::Scalar;
+  const auto double_first_expert = [](Layer& l) {
+    l.experts().w1()[0] *= S(2);
+    l.experts().w2()[0] *= S(2);
+  };
   const RowMatrix<S> x = random_matrix<S>(kTokens, kDModel, 811);
   RowMatrix<S> y(kTokens, kDModel), y_twin(kTokens, kDModel);
   layer.prepack();
@@ -258,6 +257,12 @@ TYPED_TEST(SparseMoEPacked, MutableAccessToTheWeightsDropsThePackedCopies) {
   ASSERT_GT(layer.last_stats().assignments, 0);
   EXPECT_TRUE(same_bits(y, y_twin));
   MOE_EXPECT_CLOSE(S, y, reference_layer_forward(layer, x));
+}
+
+TYPED_TEST(SparseMoEPacked, MutableAccessToTheWeightsDropsThePackedCopies) {
+  check_mutable_access_drops_the_packed_copies(mixtral_layer<TypeParam>(), mixtral_layer<TypeParam>());
+  SCOPED_TRACE("FFN experts with biases");
+  check_mutable_access_drops_the_packed_copies(switch_layer<TypeParam>(2.0), switch_layer<TypeParam>(2.0));
 }
 
 // Scales every expert weight (routed and shared) of `layer` and of its `twin` through views.
@@ -300,6 +305,8 @@ TYPED_TEST(SparseMoEPacked, WritesThroughKeptViewsNeedWeightsChangedOrATrainingF
   check_writes_through_kept_views(mixtral_layer<S>(), mixtral_layer<S>());
   SCOPED_TRACE("shared experts");  // on the packed path too
   check_writes_through_kept_views(deepseek_layer<S>(), deepseek_layer<S>());
+  SCOPED_TRACE("FFN experts with biases");
+  check_writes_through_kept_views(switch_layer<S>(2.0), switch_layer<S>(2.0));
 }
 
 // ---- edge cases ------------------------------------------------------------------------------

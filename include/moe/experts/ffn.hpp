@@ -5,6 +5,7 @@
 #include "moe/experts/activations.hpp"
 #include "moe/experts/expert_config.hpp"
 #include "moe/experts/param_bank.hpp"
+#include "moe/kernels/gemm.hpp"
 #include "moe/train/parameters.hpp"
 
 namespace moe {
@@ -25,7 +26,13 @@ class FfnExpert {
   // forward's working memory, kept for backward in training: a = x·w1ᵀ + b1 and h = act(a),
   // each [n, d_ff].
   Index scratch_size(Index n) const { return 2 * n * config_.d_ff; }
-  Index backward_scratch_size(Index n) const { return n * config_.d_ff; }
+  // backward's: d_a [n, d_ff] and kernels::gemm's workspace for its products.
+  Index backward_scratch_size(Index n) const {
+    const Index d = d_model(), f = d_ff();
+    using kernels::gemm_workspace_size;
+    return n * f + std::max({gemm_workspace_size<S>(d, f, n), gemm_workspace_size<S>(n, f, d),
+                             gemm_workspace_size<S>(f, d, n), gemm_workspace_size<S>(n, d, f)});
+  }
 
   // See the Expert concept.
   void forward(Index e, ConstMatrixRef<S> x, MatrixRef<S> y, std::span<S> scratch) const {
@@ -43,42 +50,121 @@ class FfnExpert {
   // See the TrainableExpert concept:
   //   d_w2 += d_yᵀ·h, d_b2 += Σ_rows d_y, d_a = (d_y·w2) ⊙ act'(a), d_w1 += d_aᵀ·x,
   //   d_b1 += Σ_rows d_a, d_x = d_a·w1.
+  // The products run on kernels::gemm, as GatedExpert's do (see there why).
   void backward(Index e, ConstMatrixRef<S> x, std::span<const S> saved, ConstMatrixRef<S> d_y, MatrixRef<S> d_x,
                 Gradients& grads, std::span<S> scratch) const {
     detail::check_expert_backward<S>("FfnExpert::backward", e, num_experts(), d_model(), x, d_y, d_x,
                                      scratch_size(x.rows()), saved, backward_scratch_size(x.rows()), scratch);
     detail::check_same_shape("FfnExpert::backward", config_, grads.config_);
+    using kernels::gemm;
+    using kernels::strided;
     const Index n = x.rows(), f = d_ff();
     const Eigen::Map<const RowMatrix<S>> a(saved.data(), n, f), h(saved.data() + n * f, n, f);
     Eigen::Map<RowMatrix<S>> d_a(scratch.data(), n, f);
-    grads.w2_[e].noalias() += d_y.transpose() * h;
-    d_a.noalias() = d_y * w2_[e];
+    const std::span<S> work = scratch.subspan(static_cast<std::size_t>(n * f));
+    gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work);  // d_w2 += d_yᵀ·h
+    gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_a, false, work);        // d_y·w2
     d_a.array() *= Activation::derivative(a.array());
-    grads.w1_[e].noalias() += d_a.transpose() * x;
+    gemm<S>(strided<S>(d_a).transposed(), strided<S>(x), n, grads.w1_[e], true, work);  // d_w1 += d_aᵀ·x
     if (config_.bias) {
       grads.b2_[e].row(0) += d_y.colwise().sum();
       grads.b1_[e].row(0) += d_a.colwise().sum();
     }
-    d_x.noalias() = d_a * w1_[e];
+    gemm<S>(strided<S>(d_a), strided<S>(w1_[e]), f, d_x, false, work);  // d_x = d_a·w1
   }
 
   Gradients make_gradients() const { return FfnExpert(config_, /*zeros=*/true); }
 
+  // Hands out mutable views: the packed copies below are dropped.
   void collect_parameters(const std::string& prefix, ParameterList<S>& out) {
+    weights_changed();
     add_parameter(out, prefix, "w1", w1_);
     add_parameter(out, prefix, "b1", b1_);
     add_parameter(out, prefix, "w2", w2_);
     add_parameter(out, prefix, "b2", b2_);
   }
 
-  ParamBank<S>& w1() { return w1_; }
+  // Mutable access to a weight drops its packed copies (the caller may write); the biases are not
+  // packed.
+  ParamBank<S>& w1() { return weights_changed(), w1_; }
   const ParamBank<S>& w1() const { return w1_; }
-  ParamBank<S>& w2() { return w2_; }
+  ParamBank<S>& w2() { return weights_changed(), w2_; }
   const ParamBank<S>& w2() const { return w2_; }
   ParamBank<S>& b1() { return b1_; }  // empty without bias
   const ParamBank<S>& b1() const { return b1_; }
   ParamBank<S>& b2() { return b2_; }
   const ParamBank<S>& b2() const { return b2_; }
+
+  // ---- The layer's fast path (the PackedExpert concept; kernels/gemm.hpp) ----
+  // As GatedExpert's, with both projections in kernels::pack_weight_panel's panels: up panel p is
+  // hidden units [p·kNR, p·kNR + kNR) of x·w1ᵀ, to which b1 is added and the activation applied as
+  // the tile is stored; down panel p is outputs [p·kNR, p·kNR + kNR) of h·w2ᵀ, plus b2, scaled by
+  // the routing weight.
+  Index up_panels() const { return kernels::num_panels<S>(d_ff()); }
+  Index down_panels() const { return kernels::num_panels<S>(d_model()); }
+  void weights_changed() {
+    up_packed_.clear();
+    down_packed_.clear();
+  }
+
+  void prepack(Index e) {
+    up_packed_.ensure(e, up_panels() * d_model() * kNR, [&](S* out) {
+      for (Index p = 0; p < up_panels(); ++p) kernels::pack_weight_panel<S>(w1_[e], p, out + p * d_model() * kNR);
+    });
+    down_packed_.ensure(e, down_panels() * d_ff() * kNR, [&](S* out) {
+      for (Index p = 0; p < down_panels(); ++p) kernels::pack_weight_panel<S>(w2_[e], p, out + p * d_ff() * kNR);
+    });
+  }
+
+  // See the PackedExpert concept: tiles for n rows, and one panel for an expert not prepacked.
+  Index work_size(Index n) const { return (n + std::max(d_model(), d_ff())) * kNR; }
+
+  // See the PackedExpert concept. memory is forward()'s: [a | h], each [n, d_ff]; a = x·w1ᵀ + b1
+  // is stored only when kept for backward.
+  S* hidden(std::span<S> memory, Index n) const { return memory.data() + n * d_ff(); }
+
+  void forward_up(Index e, Index n, const S* packed_x, Index p_begin, Index p_end, S* work, std::span<S> memory,
+                  bool keep) const {
+    using Tile = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+    using Out = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+    const Index f = d_ff();
+    S* const a = memory.data();
+    S* const h = hidden(memory, n);
+    kernels::multiply_bank<S>(
+        up_packed_, e, n, d_model(), packed_x, p_begin, p_end, work,
+        [&](Index p, S* panel) { kernels::pack_weight_panel<S>(w1_[e], p, panel); },
+        [&](Index p) { return kernels::weight_panel_source<S>(w1_[e], p); }, [&](Index i0, Index mr, Index p, const S* tile) {
+      const Index unit = p * kNR, units = std::min<Index>(kNR, f - unit), at = i0 * f + unit;
+      const Tile t(tile, mr, units, Eigen::OuterStride<>(kNR));
+      Out h_tile(h + at, mr, units, Eigen::OuterStride<>(f));
+      if (config_.bias) {
+        h_tile = t.rowwise() + b1_[e].row(0).segment(unit, units).array();  // a, for now
+        if (keep) Out(a + at, mr, units, Eigen::OuterStride<>(f)) = h_tile;
+        h_tile = Activation::apply(h_tile);
+        return;
+      }
+      h_tile = Activation::apply(t);
+      if (!keep) return;
+      if (units == kNR) {  // read again only by backward: past the caches
+        kernels::stream_rows<S>(tile, kNR, mr, a + at, f);
+        kernels::stream_rows<S>(tile + kPacket, kNR, mr, a + at + kPacket, f);
+        return;
+      }
+      Out(a + at, mr, units, Eigen::OuterStride<>(f)) = t;
+    });
+    if (keep) kernels::stream_fence();
+  }
+
+  // See the PackedExpert concept: y = scale ⊙ (h·w2ᵀ + b2).
+  void forward_down(Index e, Index n, const S* packed_h, Index p_begin, Index p_end, S* work, const S* scale,
+                    MatrixRef<S> y) const {
+    const S* const b2 = config_.bias ? b2_[e].data() : nullptr;
+    kernels::multiply_bank<S>(
+        down_packed_, e, n, d_ff(), packed_h, p_begin, p_end, work,
+        [&](Index p, S* panel) { kernels::pack_weight_panel<S>(w2_[e], p, panel); },
+        [&](Index p) { return kernels::weight_panel_source<S>(w2_[e], p); },
+        [&](Index i0, Index mr, Index p, const S* tile) { kernels::store_output_tile<S>(y, i0, mr, p, tile, scale, b2); });
+  }
 
  private:
   FfnExpert(const ExpertConfig& config, bool zeros) : config_(config) {
@@ -86,6 +172,8 @@ class FfnExpert {
     const Index E = config.num_experts, d = config.d_model, f = config.d_ff;
     w1_ = ParamBank<S>(E, f, d);
     w2_ = ParamBank<S>(E, d, f);
+    up_packed_ = kernels::PackedBank<S>(E);
+    down_packed_ = kernels::PackedBank<S>(E);
     if (config.bias) {
       b1_ = ParamBank<S>(E, 1, f);
       b2_ = ParamBank<S>(E, 1, d);
@@ -100,8 +188,11 @@ class FfnExpert {
     }
   }
 
+  static constexpr int kPacket = kernels::Blocking<S>::kPacket, kNR = kernels::Blocking<S>::kNR;
+
   ExpertConfig config_;
   ParamBank<S> w1_, w2_, b1_, b2_;
+  kernels::PackedBank<S> up_packed_, down_packed_;
 };
 
 template <class S> using ReluExpert = FfnExpert<S, Relu>;

@@ -58,8 +58,9 @@ class SharedExperts {
   // y[t] += g_t · Σ_s expert_s(x[t])   (s ascending), g_t = σ(⟨x[t], w_gate⟩) or 1.
   //   x: [T, d_model];  y: [T, d_model] (accumulated);  cache: nullptr, or filled for backward.
   // Rows are processed in fixed tiles, so the bits do not depend on the thread count. Experts with
-  // a packed path (PackedExpert, e.g. GatedExpert) run on it as the routed experts do, with their
-  // weights packed once per call in training (they may have changed) and once for all in inference.
+  // a packed path (PackedExpert: GatedExpert, FfnExpert) run on it as the routed experts do, with
+  // their weights packed once per call in training (they may have changed) and once for all in
+  // inference.
   void forward_add(ConstMatrixRef<S> x, MatrixRef<S> y, int threads, Cache* cache = nullptr) {
     const Index T = x.rows(), d = d_model(), tiles = num_tiles(T), rows = std::min(T, kTileRows);
     const Index scratch = experts_.scratch_size(rows);

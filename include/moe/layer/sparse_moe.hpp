@@ -182,7 +182,7 @@ class SparseMoE {
     return out;
   }
 
-  // The fast path (PackedExpert: GatedExpert, so SwiGLU and GeGLU; routed and shared experts) packs
+  // The fast path (PackedExpert: GatedExpert and FfnExpert; routed and shared experts) packs
   // each expert's weights for its kernels on the expert's first inference use. prepack() packs them
   // all now (after loading, say), so that no forward pays for it. The packed copies are dropped
   // whenever the weights may change: mutable access to the weights (w1() of a non-const
