@@ -6,6 +6,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>  // ArrayBase::erf (vectorised for float)
 
 #include <cmath>
 #include <numbers>
@@ -26,22 +27,23 @@ struct Relu {
   }
 };
 
-// GELU, exact form: x · Φ(x) = x/2 · (1 + erf(x/√2)).
+// GELU, exact form: x · Φ(x) = x/2 · (1 + erf(x/√2)). Eigen's erf is vectorised for float (a
+// rational approximation: within 1.5e-6 of the exact GELU over [-12, 12], against 4.5e-7 for
+// std::erf per element, and 15-18× faster; it calls std::erf for double): with std::erf, the
+// activation took a quarter of an FFN layer's forward (d_model 1024, d_ff 4096, T = 1024).
 struct Gelu {
   static constexpr const char* name = "gelu";
   template <class A>
   static auto apply(const Eigen::ArrayBase<A>& a) {
     using S = typename A::Scalar;
-    return a.unaryExpr([](S x) { return S(0.5) * x * (S(1) + std::erf(x * S(std::numbers::sqrt2 / 2))); });
+    return S(0.5) * a * (S(1) + (a * S(std::numbers::sqrt2 / 2)).erf());
   }
   // Φ(x) + x·φ(x), φ the standard normal density.
   template <class A>
   static auto derivative(const Eigen::ArrayBase<A>& a) {
     using S = typename A::Scalar;
-    return a.unaryExpr([](S x) {
-      const S pdf = S(std::numbers::inv_sqrtpi / std::numbers::sqrt2) * std::exp(S(-0.5) * x * x);
-      return S(0.5) * (S(1) + std::erf(x * S(std::numbers::sqrt2 / 2))) + x * pdf;
-    });
+    return S(0.5) * (S(1) + (a * S(std::numbers::sqrt2 / 2)).erf()) +
+           S(std::numbers::inv_sqrtpi / std::numbers::sqrt2) * a * (S(-0.5) * a.square()).exp();
   }
 };
 
