@@ -56,6 +56,10 @@ class EigenSingleThreaded {
   [[maybe_unused]] int saved_outer_ = 0;
 };
 
+// `threads`, or one for less than ~1M multiply-adds of work: starting threads costs more than tiny
+// batches take (and spinning threads hurt on a busy machine). Bits are the same either way.
+inline int threads_for_work(Index work, int threads) { return work < (Index(1) << 20) ? 1 : threads; }
+
 // Calls body(item, thread) for item in [0, num_items) on `threads` threads (dynamic schedule).
 // An exception thrown by a body is rethrown here after every thread has stopped.
 template <class Body>
@@ -63,7 +67,7 @@ void parallel_for(Index num_items, int threads, Body&& body) {
   std::exception_ptr error;
   std::mutex error_mutex;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
 #endif
   for (Index item = 0; item < num_items; ++item) {
     try {

@@ -57,36 +57,41 @@ class SharedExperts {
 
   // y[t] += g_t · Σ_s expert_s(x[t])   (s ascending), g_t = σ(⟨x[t], w_gate⟩) or 1.
   //   x: [T, d_model];  y: [T, d_model] (accumulated);  cache: nullptr, or filled for backward.
-  // Rows are processed in fixed tiles, so the bits do not depend on the thread count. Experts with
-  // a packed path (PackedExpert: GatedExpert, FfnExpert) run on it as the routed experts do, with
-  // their weights packed once per call in training (they may have changed) and once for all in
-  // inference.
+  // Rows are processed in fixed tiles, a tile per thread while there are as many tiles as threads.
+  // Experts with a packed path (PackedExpert: GatedExpert, FfnExpert) run on it as the routed
+  // experts do, with their weights packed once per call in training (they may have changed) and
+  // once for all in inference; with fewer tiles than threads (T ≤ 128 on two), each projection's
+  // panels are split over the threads instead. Every output element is computed by one work item
+  // in a fixed order: the bits do not depend on the thread count.
   void forward_add(ConstMatrixRef<S> x, MatrixRef<S> y, int threads, Cache* cache = nullptr) {
     const Index T = x.rows(), d = d_model(), tiles = num_tiles(T), rows = std::min(T, kTileRows);
     const Index scratch = experts_.scratch_size(rows);
-    // sum, out, gate, the expert's working memory unless cached, and the packed path's operands
-    const Index per_thread = 2 * kTileRows * d + kTileRows + (cache ? 0 : scratch) + packed_size(rows);
-    threads = static_cast<int>(std::max<Index>(1, std::min<Index>(threads, tiles)));
-    workspace_.resize(static_cast<std::size_t>(per_thread * threads));
     if (cache) {
       cache->sum.resize(T, d);
       cache->gate.resize(gated_ ? T : 0);
       cache->saved.resize(static_cast<std::size_t>(tiles * num_experts() * scratch));
+      weights_changed();
     }
-    if (cache) weights_changed();
     prepack();
-    detail::parallel_for(tiles, threads, [&](Index tile, int thread) {
+    threads = detail::threads_for_work(T * num_experts() * d * std::max(d, experts_.scratch_size(1)), threads);
+    const bool tile_per_thread = tiles >= threads || !PackedExpert<X>;
+    const int slots = tile_per_thread ? static_cast<int>(std::min<Index>(threads, std::max<Index>(tiles, 1))) : 1;
+    const int panel_threads = tile_per_thread ? 1 : threads;
+    const Index per_slot = slot_size(rows, cache != nullptr, panel_threads);
+    workspace_.resize(static_cast<std::size_t>(per_slot * slots));
+    const auto run_tile = [&](Index tile, int slot) {
       const Index begin = tile * kTileRows, n = std::min(kTileRows, T - begin);
-      S* base = workspace_.data() + thread * per_thread;
-      Eigen::Map<RowMatrix<S>> sum(base, n, d), out(base + kTileRows * d, n, d);
-      Eigen::Map<Vector<S>> gate(base + 2 * kTileRows * d, n);
-      S* const own_memory = base + 2 * kTileRows * d + kTileRows;
-      S* const packed = own_memory + (cache ? 0 : scratch);
+      S* const base = workspace_.data() + slot * per_slot;  // laid out as slot_size says
+      Eigen::Map<RowMatrix<S>> sum(base, n, d), out(base + rows * d, n, d);
+      Eigen::Map<Vector<S>> gate(base + 2 * rows * d, n);
+      S* const own_memory = base + 2 * rows * d + rows;
       const auto x_tile = x.middleRows(begin, n);
+      S* const packed = own_memory + (cache ? 0 : scratch);
+      if constexpr (PackedExpert<X>) kernels::pack_a(kernels::strided<S>(x_tile), n, d, packed);
       for (Index s = 0; s < num_experts(); ++s) {
-        S* memory = cache ? cache->saved.data() + (tile * num_experts() + s) * scratch : own_memory;
+        S* const memory = cache ? cache->saved.data() + (tile * num_experts() + s) * scratch : own_memory;
         run_expert(s, x_tile, s == 0 ? sum : out, std::span<S>(memory, static_cast<std::size_t>(scratch)), packed,
-                   cache != nullptr);
+                   rows, panel_threads, cache != nullptr);
         if (s > 0) sum += out;
       }
       if (cache) cache->sum.middleRows(begin, n) = sum;
@@ -97,7 +102,11 @@ class SharedExperts {
         if (cache) cache->gate.segment(begin, n) = gate;
       }
       y.middleRows(begin, n) += sum;
-    });
+    };
+    if (tile_per_thread)
+      detail::parallel_for(tiles, slots, run_tile);
+    else
+      for (Index tile = 0; tile < tiles; ++tile) run_tile(tile, 0);
     if (cache) weights_changed();  // training's packed copies were for this call: the weights step next
   }
 
@@ -163,27 +172,39 @@ class SharedExperts {
   static constexpr Index kTileRows = 128;
   static Index num_tiles(Index T) { return (T + kTileRows - 1) / kTileRows; }
 
-  // The packed path's per-thread operands for n rows: the packed input of either projection and
-  // the kernels' work.
-  Index packed_size(Index n) const {
+  // A slot's workspace for tiles of up to `rows` rows: sum, out [rows, d_model] and gate [rows];
+  // the experts' working memory unless cached; and, on the packed path, the packed x [rows,
+  // d_model], the packed hidden [rows, d_ff] and the kernels' work of each of `panel_threads`.
+  Index slot_size(Index rows, bool cached, int panel_threads) const {
+    const Index own = 2 * rows * d_model() + rows + (cached ? 0 : experts_.scratch_size(rows));
     if constexpr (PackedExpert<X>)
-      return n * std::max(d_model(), experts_.d_ff()) + experts_.work_size(n);
+      return own + rows * (d_model() + experts_.d_ff()) + panel_threads * experts_.work_size(rows);
     else
-      return 0;
+      return own;
   }
 
-  // out = expert_s(x), memory being the expert's working memory (scratch_size(n), kept for
-  // backward when keep) — on the packed path if the expert has one, its weights prepacked.
-  void run_expert(Index s, ConstMatrixRef<S> x, MatrixRef<S> out, std::span<S> memory, S* packed, bool keep) const {
+  // out = expert_s(x), memory being the expert's working memory (scratch_size(n), kept for backward
+  // when keep). On the packed path, packed holds kernels::pack_a(x) followed by slot_size's other
+  // packed operands for tiles of `rows` rows; each projection's panels are split into ~4 ranges
+  // per thread over panel_threads.
+  void run_expert(Index s, ConstMatrixRef<S> x, MatrixRef<S> out, std::span<S> memory, S* packed, Index rows,
+                  int panel_threads, bool keep) const {
     if constexpr (PackedExpert<X>) {
       const Index n = x.rows(), d = d_model(), f = experts_.d_ff();
-      S* const work = packed + n * std::max(d, f);
-      kernels::pack_a(kernels::strided<S>(x), n, d, packed);
-      experts_.forward_up(s, n, packed, 0, experts_.up_panels(), work, memory, keep);
-      kernels::pack_a(kernels::Strided<S>{experts_.hidden(memory, n), f, 1}, n, f, packed);
-      experts_.forward_down(s, n, packed, 0, experts_.down_panels(), work, nullptr, out);
+      S* const packed_h = packed + rows * d;
+      S* const works = packed_h + rows * f;
+      const Index work = experts_.work_size(rows);
+      const auto split = [&](Index panels, auto&& body) {  // body(p0, p1, work)
+        const Index chunk = std::max<Index>(1, (panels + 4 * panel_threads - 1) / (4 * panel_threads));
+        detail::parallel_for((panels + chunk - 1) / chunk, panel_threads, [&](Index item, int thread) {
+          body(item * chunk, std::min(panels, (item + 1) * chunk), works + thread * work);
+        });
+      };
+      split(experts_.up_panels(), [&](Index p0, Index p1, S* w) { experts_.forward_up(s, n, packed, p0, p1, w, memory, keep); });
+      kernels::pack_a(kernels::Strided<S>{experts_.hidden(memory, n), f, 1}, n, f, packed_h);
+      split(experts_.down_panels(), [&](Index p0, Index p1, S* w) { experts_.forward_down(s, n, packed_h, p0, p1, w, nullptr, out); });
     } else {
-      (void)packed, (void)keep;
+      (void)packed, (void)rows, (void)panel_threads, (void)keep;
       experts_.forward(s, x, out, memory);
     }
   }

@@ -353,11 +353,9 @@ class SparseMoE {
       if (dispatch.rows_of(e) > 0) active_.push_back(e);
   }
 
-  // Starting threads costs more than tiny batches take (and spinning threads hurt on a busy
-  // machine): below ~1 MFLOP-equivalent of expert work, one thread. Bits are the same either way.
   int expert_threads(const DispatchPlan& dispatch) const {
-    const Index work = dispatch.num_rows() * d_model() * std::max(d_model(), experts_.scratch_size(1));
-    return work < (Index(1) << 20) ? 1 : threads();
+    return detail::threads_for_work(dispatch.num_rows() * d_model() * std::max(d_model(), experts_.scratch_size(1)),
+                                    threads());
   }
 
   // body(e, scratch) for every expert with rows, in parallel; scratch: per_thread scalars.
