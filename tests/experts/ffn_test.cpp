@@ -6,7 +6,7 @@
 #include <moe/testing/gradient_check.hpp>
 
 #include "support/compare.hpp"
-#include "support/packed_path.hpp"
+#include "support/expert_checks.hpp"
 #include "support/reference_experts.hpp"
 
 #include <gtest/gtest.h>
@@ -20,6 +20,7 @@ namespace {
 
 using moe::Index;
 using moe::RowMatrix;
+using moe::test::nan_scratch;
 
 static_assert(moe::Expert<moe::ReluExpert<float>>);
 static_assert(moe::Expert<moe::ReluExpert<double>>);
@@ -36,12 +37,6 @@ template <class S, class Activation>
 moe::FfnExpert<S, Activation> make_expert(bool bias, std::uint64_t seed = 42) {
   return moe::FfnExpert<S, Activation>(
       {.num_experts = kExperts, .d_model = kModel, .d_ff = kHidden, .bias = bias, .seed = seed});
-}
-
-// A scratch buffer of exactly `size` scalars, filled with NaN: forward must overwrite what it reads.
-template <class S>
-std::vector<S> nan_scratch(Index size) {
-  return std::vector<S>(static_cast<std::size_t>(size), std::numeric_limits<S>::quiet_NaN());
 }
 
 template <class S, class Activation>
@@ -243,24 +238,8 @@ void expect_ffn_gradients(bool bias) {
   EXPECT_TRUE(result.ok) << Activation::name << (bias ? " with" : " without") << " bias\n" << result.log;
 }
 
-// The scratch backward asks for is enough and all it touches: a shorter one is refused, and with
-// a longer one the scalars past the size it asked for keep their values.
 TEST(FfnExpertGrad, BackwardUsesTheScratchItAsksForAndNoMore) {
-  using S = float;
-  const auto expert = make_expert<S, moe::Gelu>(/*bias=*/true);
-  const Index n = kTokens, size = expert.backward_scratch_size(n);
-  const RowMatrix<S> x = moe::test::random_matrix<S>(n, kModel, 7), d_y = moe::test::random_matrix<S>(n, kModel, 8);
-  auto saved = nan_scratch<S>(expert.scratch_size(n));
-  RowMatrix<S> y(n, kModel), d_x(n, kModel);
-  expert.forward(2, x, y, saved);
-  auto grads = expert.make_gradients();
-  auto scratch = nan_scratch<S>(size + 64);
-  std::fill(scratch.begin() + size, scratch.end(), S(5));
-  expert.backward(2, x, saved, d_y, d_x, grads, scratch);
-  EXPECT_TRUE(std::all_of(scratch.begin() + size, scratch.end(), [](S v) { return v == S(5); }));
-  EXPECT_TRUE(d_x.allFinite());
-  auto short_scratch = nan_scratch<S>(size - 1);
-  EXPECT_THROW(expert.backward(2, x, saved, d_y, d_x, grads, short_scratch), moe::shape_error);
+  moe::test::check_backward_scratch(make_expert<float, moe::Gelu>(/*bias=*/true), 2, kTokens);
 }
 
 TEST(FfnExpertGrad, EveryActivationMatchesFiniteDifferences) {

@@ -1,19 +1,48 @@
-// The layer's fast path of an expert (the PackedExpert concept: forward_up / forward_down over
-// panel ranges), checked the same way for every expert that has one.
+// Contracts that every expert of the library meets in the same way, checked the same way: the
+// scratch its backward asks for, and the layer's fast path (the PackedExpert concept).
 #pragma once
 
 #include <moe/concepts.hpp>
+#include <moe/errors.hpp>
 #include <moe/kernels/gemm.hpp>
 
 #include "support/compare.hpp"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <limits>
 #include <utility>
 #include <vector>
 
 namespace moe::test {
+
+// A scratch buffer of exactly `size` scalars, filled with NaN: whoever is handed it must overwrite
+// what it reads.
+template <class S>
+std::vector<S> nan_scratch(Index size) {
+  return std::vector<S>(static_cast<std::size_t>(size), std::numeric_limits<S>::quiet_NaN());
+}
+
+// The scratch backward asks for (n rows, expert e) is enough and all it touches: a shorter one is
+// refused, and with a longer one the scalars past the size it asked for keep their values.
+template <class X>
+void check_backward_scratch(const X& expert, Index e, Index n) {
+  using S = typename X::Scalar;
+  const Index d = expert.d_model(), size = expert.backward_scratch_size(n);
+  const RowMatrix<S> x = random_matrix<S>(n, d, 7), d_y = random_matrix<S>(n, d, 8);
+  auto saved = nan_scratch<S>(expert.scratch_size(n));
+  RowMatrix<S> y(n, d), d_x(n, d);
+  expert.forward(e, x, y, saved);
+  auto grads = expert.make_gradients();
+  auto scratch = nan_scratch<S>(size + 64);
+  std::fill(scratch.begin() + size, scratch.end(), S(5));
+  expert.backward(e, x, saved, d_y, d_x, grads, scratch);
+  EXPECT_TRUE(std::all_of(scratch.begin() + size, scratch.end(), [](S v) { return v == S(5); }));
+  EXPECT_TRUE(d_x.allFinite());
+  auto short_scratch = nan_scratch<S>(size - 1);
+  EXPECT_THROW(expert.backward(e, x, saved, d_y, d_x, grads, short_scratch), shape_error);
+}
 
 // Expert e of `expert` (d_model d, d_ff f) on n rows, through forward_up and forward_down split into
 // two panel ranges each: the same bits from prepacked weights and from panels packed as they are
@@ -23,14 +52,13 @@ template <class X>
 void check_packed_path(X& expert, Index e, Index n) {
   using S = typename X::Scalar;
   const Index d = expert.d_model(), f = expert.d_ff();
-  const auto nan = [](Index size) { return std::vector<S>(static_cast<std::size_t>(size), std::numeric_limits<S>::quiet_NaN()); };
   const RowMatrix<S> x = random_matrix<S>(n, d, 3);
-  std::vector<S> packed_x(static_cast<std::size_t>(n * d)), packed_h(static_cast<std::size_t>(n * f)), work = nan(expert.work_size(n));
+  std::vector<S> packed_x(static_cast<std::size_t>(n * d)), packed_h(static_cast<std::size_t>(n * f)), work = nan_scratch<S>(expert.work_size(n));
   kernels::pack_a<S>(kernels::strided<S>(x), n, d, packed_x.data());
   const auto run = [&](bool prepacked) {
     expert.weights_changed();
     if (prepacked) expert.prepack(e);
-    std::vector<S> memory = nan(expert.scratch_size(n));
+    std::vector<S> memory = nan_scratch<S>(expert.scratch_size(n));
     RowMatrix<S> y(n, d);
     const Index up = expert.up_panels(), down = expert.down_panels();
     expert.forward_up(e, n, packed_x.data(), 0, up / 2, work.data(), memory, /*keep=*/true);
@@ -45,7 +73,7 @@ void check_packed_path(X& expert, Index e, Index n) {
   EXPECT_TRUE(memory == memory_as_used) << "the working memory kept for backward";
   EXPECT_TRUE(y == y_as_used);
   RowMatrix<S> y_forward(n, d);
-  std::vector<S> memory_forward = nan(expert.scratch_size(n));
+  std::vector<S> memory_forward = nan_scratch<S>(expert.scratch_size(n));
   expert.forward(e, x, y_forward, memory_forward);
   MOE_EXPECT_CLOSE(S, y, y_forward);
   const Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>> kept(memory.data(), Index(memory.size())),
