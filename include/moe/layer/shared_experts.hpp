@@ -185,8 +185,8 @@ class SharedExperts {
 
   // out = expert_s(x), memory being the expert's working memory (scratch_size(n), kept for backward
   // when keep). On the packed path, packed holds kernels::pack_a(x) followed by slot_size's other
-  // packed operands for tiles of `rows` rows; each projection's panels are split into ~4 ranges
-  // per thread over panel_threads.
+  // packed operands for tiles of `rows` rows; with panel_threads > 1, each projection's panels are
+  // split into ~4 ranges per thread over them.
   void run_expert(Index s, ConstMatrixRef<S> x, MatrixRef<S> out, std::span<S> memory, S* packed, Index rows,
                   int panel_threads, bool keep) const {
     if constexpr (PackedExpert<X>) {
@@ -195,7 +195,8 @@ class SharedExperts {
       S* const works = packed_h + rows * f;
       const Index work = experts_.work_size(rows);
       const auto split = [&](Index panels, auto&& body) {  // body(p0, p1, work)
-        const Index chunk = std::max<Index>(1, (panels + 4 * panel_threads - 1) / (4 * panel_threads));
+        const Index ranges = panel_threads > 1 ? 4 * panel_threads : 1;
+        const Index chunk = std::max<Index>(1, (panels + ranges - 1) / ranges);
         detail::parallel_for((panels + chunk - 1) / chunk, panel_threads, [&](Index item, int thread) {
           body(item * chunk, std::min(panels, (item + 1) * chunk), works + thread * work);
         });
