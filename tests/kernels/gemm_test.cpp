@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -62,6 +63,35 @@ TYPED_TEST(GemmTest, MatchesATripleLoopForEveryLayoutAndShape) {
         EXPECT_EQ(wide.rightCols(3), RowMatrix<S>::Constant(m, 3, S(7)));
       }
   }
+}
+
+// On several threads C's columns are split into ranges of whole panels: the same bits as on one,
+// accumulating or not, into a block of a wider matrix, with the workspace it asks for.
+TYPED_TEST(GemmTest, ThreadsGiveTheSameBitsAsOne) {
+  using S = TypeParam;
+  for (const auto& [m, n, depth] : shapes()) {
+    SCOPED_TRACE(testing::Message() << "m " << m << ", n " << n << ", depth " << depth);
+    const RowMatrix<S> a = random_matrix<S>(m, depth, 3), b_t = random_matrix<S>(n, depth, 4);
+    const Strided<S> a_view = moe::kernels::strided<S>(a), b_view = moe::kernels::strided<S>(b_t).transposed();
+    const auto run = [&](int threads) {
+      std::vector<S> workspace(static_cast<std::size_t>(moe::kernels::gemm_workspace_size<S>(m, n, depth, threads)));
+      RowMatrix<S> wide = RowMatrix<S>::Constant(m, n + 3, S(7));
+      auto c = wide.rightCols(n);
+      moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/true, workspace, threads);
+      moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/true, workspace, threads);
+      return wide;
+    };
+    const RowMatrix<S> one = run(1);
+    MOE_EXPECT_CLOSE(S, RowMatrix<S>(one.rightCols(n).array() - S(7)), (2 * reference_product(a, RowMatrix<S>(b_t.transpose()))).eval());
+    for (const int threads : {2, 3, 5}) {
+      const RowMatrix<S> many = run(threads);
+      EXPECT_EQ(std::memcmp(many.data(), one.data(), sizeof(S) * static_cast<std::size_t>(one.size())), 0)
+          << threads << " threads";
+    }
+  }
+  constexpr Index NR = Blocking<S>::kNR;
+  static_assert(moe::kernels::gemm_column_range<S>(16 * NR + 2, 2) == 9 * NR);  // 17 panels: 9 and 8
+  static_assert(moe::kernels::gemm_column_range<S>(NR - 1, 3) == NR - 1);       // one panel: no split
 }
 
 TYPED_TEST(GemmTest, ZeroDepthGivesZerosOrLeavesTheSum) {

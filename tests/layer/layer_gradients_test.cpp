@@ -204,31 +204,36 @@ TEST(SparseMoEGrad, MixtureLossValuesMatchTheirDefinitions) {
   EXPECT_NEAR(moe::mixture_loss<double>(moe::MixtureLoss::likelihood, cache, target, d_out, d_weight), likelihood / kTokens, 1e-12);
 }
 
-// Forward + backward give the same bits on 1 and 2 threads (float, a shape where both threads work).
+// Forward + backward give the same bits on 1 and 2 threads (float, a shape where both threads work),
+// with two shared experts (one per thread in backward) and with one (its products split).
 TEST(SparseMoEDeterminism, ForwardBackwardBitIdenticalAcrossThreadCounts) {
   using Layer = moe::SparseMoE<moe::SwiGluExpert<float>, moe::TopKGate<float>, moe::LoadBalancingLoss<float>>;
-  const auto run = [](int threads) {
-    Layer layer(moe::TopKGate<float>({.d_model = 48, .num_experts = 8, .top_k = 2, .seed = 40}),
-                moe::SwiGluExpert<float>({.num_experts = 8, .d_model = 48, .d_ff = 80, .seed = 41}),
-                moe::SharedExperts<moe::SwiGluExpert<float>>(
-                    moe::SwiGluExpert<float>({.num_experts = 2, .d_model = 48, .d_ff = 40, .seed = 42}), true, 43),
-                moe::LoadBalancingLoss<float>(moe::LoadBalancingConfig{}));
-    layer.set_num_threads(threads);
-    const RowMatrix<float> x = moe::test::random_matrix<float>(300, 48, 44), c = moe::test::random_matrix<float>(300, 48, 45);
-    Layer::Cache cache;
-    RowMatrix<float> y(300, 48), d_x(300, 48);
-    const double aux = layer.forward(x, y, cache);
-    auto grads = layer.make_gradients();
-    layer.backward(cache, c, d_x, grads);
-    std::vector<float> bits(y.data(), y.data() + y.size());
-    bits.insert(bits.end(), d_x.data(), d_x.data() + d_x.size());
-    for (const auto& g : grads.parameters()) bits.insert(bits.end(), g.values().begin(), g.values().end());
-    bits.push_back(float(aux));
-    return bits;
-  };
-  const std::vector<float> one = run(1), two = run(2);
-  ASSERT_EQ(one.size(), two.size());
-  EXPECT_EQ(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)), 0);
+  for (const Index shared : {2, 1}) {
+    const auto run = [shared](int threads) {
+      Layer layer(moe::TopKGate<float>({.d_model = 48, .num_experts = 8, .top_k = 2, .seed = 40}),
+                  moe::SwiGluExpert<float>({.num_experts = 8, .d_model = 48, .d_ff = 80, .seed = 41}),
+                  moe::SharedExperts<moe::SwiGluExpert<float>>(
+                      moe::SwiGluExpert<float>({.num_experts = shared, .d_model = 48, .d_ff = 40, .seed = 42}),
+                      true, 43),
+                  moe::LoadBalancingLoss<float>(moe::LoadBalancingConfig{}));
+      layer.set_num_threads(threads);
+      const RowMatrix<float> x = moe::test::random_matrix<float>(300, 48, 44);
+      const RowMatrix<float> c = moe::test::random_matrix<float>(300, 48, 45);
+      Layer::Cache cache;
+      RowMatrix<float> y(300, 48), d_x(300, 48);
+      const double aux = layer.forward(x, y, cache);
+      auto grads = layer.make_gradients();
+      layer.backward(cache, c, d_x, grads);
+      std::vector<float> bits(y.data(), y.data() + y.size());
+      bits.insert(bits.end(), d_x.data(), d_x.data() + d_x.size());
+      for (const auto& g : grads.parameters()) bits.insert(bits.end(), g.values().begin(), g.values().end());
+      bits.push_back(float(aux));
+      return bits;
+    };
+    const std::vector<float> one = run(1), two = run(2);
+    ASSERT_EQ(one.size(), two.size());
+    EXPECT_EQ(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)), 0) << shared << " shared experts";
+  }
 }
 
 TEST(SparseMoETraining, BackwardNeedsATrainingCache) {

@@ -5,6 +5,7 @@
 #include <moe/concepts.hpp>
 #include <moe/errors.hpp>
 #include <moe/kernels/gemm.hpp>
+#include <moe/train/parameters.hpp>
 
 #include "support/compare.hpp"
 
@@ -25,7 +26,8 @@ std::vector<S> nan_scratch(Index size) {
 }
 
 // The scratch backward asks for (n rows, expert e) is enough and all it touches: a shorter one is
-// refused, and with a longer one the scalars past the size it asked for keep their values.
+// refused, and with a longer one the scalars past the size it asked for keep their values. The
+// first backward accumulates into zero gradients; the refused call must leave them alone.
 template <class X>
 void check_backward_scratch(const X& expert, Index e, Index n) {
   using S = typename X::Scalar;
@@ -42,6 +44,20 @@ void check_backward_scratch(const X& expert, Index e, Index n) {
   EXPECT_TRUE(d_x.allFinite());
   auto short_scratch = nan_scratch<S>(size - 1);
   EXPECT_THROW(expert.backward(e, x, saved, d_y, d_x, grads, short_scratch), shape_error);
+
+  // On two threads (each product's columns split between them): the same bits, in the scratch it
+  // asks for on two.
+  auto grads_two = expert.make_gradients();
+  RowMatrix<S> d_x_two(n, d);
+  auto scratch_two = nan_scratch<S>(expert.backward_scratch_size(n, 2));
+  expert.backward(e, x, saved, d_y, d_x_two, grads_two, scratch_two, 2);
+  EXPECT_TRUE(d_x_two == d_x);
+  ParameterList<S> sums, sums_two;
+  grads.collect_parameters("", sums);
+  grads_two.collect_parameters("", sums_two);
+  ASSERT_EQ(sums.size(), sums_two.size());
+  for (std::size_t i = 0; i < sums.size(); ++i)
+    EXPECT_TRUE(std::equal(sums[i].values().begin(), sums[i].values().end(), sums_two[i].values().begin())) << sums[i].name;
 }
 
 // Expert e of `expert` (d_model d, d_ff f) on n rows, through forward_up and forward_down split into

@@ -26,12 +26,13 @@ class FfnExpert {
   // forward's working memory, kept for backward in training: a = x·w1ᵀ + b1 and h = act(a),
   // each [n, d_ff].
   Index scratch_size(Index n) const { return 2 * n * config_.d_ff; }
-  // backward's: d_a [n, d_ff] and kernels::gemm's workspace for its products.
-  Index backward_scratch_size(Index n) const {
+  // backward's: d_a [n, d_ff] and kernels::gemm's workspace for its products on `threads` threads.
+  Index backward_scratch_size(Index n, int threads = 1) const {
     const Index d = d_model(), f = d_ff();
-    using kernels::gemm_workspace_size;
-    return n * f + std::max({gemm_workspace_size<S>(d, f, n), gemm_workspace_size<S>(n, f, d),
-                             gemm_workspace_size<S>(f, d, n), gemm_workspace_size<S>(n, d, f)});
+    const auto work = [&](Index m, Index cols, Index depth) {
+      return kernels::gemm_workspace_size<S>(m, cols, depth, threads);
+    };
+    return n * f + std::max({work(d, f, n), work(n, f, d), work(f, d, n), work(n, d, f)});
   }
 
   // See the Expert concept.
@@ -50,11 +51,11 @@ class FfnExpert {
   // See the TrainableExpert concept:
   //   d_w2 += d_yᵀ·h, d_b2 += Σ_rows d_y, d_a = (d_y·w2) ⊙ act'(a), d_w1 += d_aᵀ·x,
   //   d_b1 += Σ_rows d_a, d_x = d_a·w1.
-  // The products run on kernels::gemm, as GatedExpert's do (see there why).
+  // The products run on kernels::gemm, on `threads` threads, as GatedExpert's do (see there why).
   void backward(Index e, ConstMatrixRef<S> x, std::span<const S> saved, ConstMatrixRef<S> d_y, MatrixRef<S> d_x,
-                Gradients& grads, std::span<S> scratch) const {
+                Gradients& grads, std::span<S> scratch, int threads = 1) const {
     detail::check_expert_backward<S>("FfnExpert::backward", e, num_experts(), d_model(), x, d_y, d_x,
-                                     scratch_size(x.rows()), saved, backward_scratch_size(x.rows()), scratch);
+                                     scratch_size(x.rows()), saved, backward_scratch_size(x.rows(), threads), scratch);
     detail::check_same_shape("FfnExpert::backward", config_, grads.config_);
     using kernels::gemm;
     using kernels::strided;
@@ -62,15 +63,15 @@ class FfnExpert {
     const Eigen::Map<const RowMatrix<S>> a(saved.data(), n, f), h(saved.data() + n * f, n, f);
     Eigen::Map<RowMatrix<S>> d_a(scratch.data(), n, f);
     const std::span<S> work = scratch.subspan(static_cast<std::size_t>(n * f));
-    gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work);  // d_w2 += d_yᵀ·h
-    gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_a, false, work);        // d_y·w2
+    gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work, threads);  // d_w2 += d_yᵀ·h
+    gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_a, false, work, threads);        // d_y·w2
     d_a.array() *= Activation::derivative(a.array());
-    gemm<S>(strided<S>(d_a).transposed(), strided<S>(x), n, grads.w1_[e], true, work);  // d_w1 += d_aᵀ·x
+    gemm<S>(strided<S>(d_a).transposed(), strided<S>(x), n, grads.w1_[e], true, work, threads);  // d_w1 += d_aᵀ·x
     if (config_.bias) {
       grads.b2_[e].row(0) += d_y.colwise().sum();
       grads.b1_[e].row(0) += d_a.colwise().sum();
     }
-    gemm<S>(strided<S>(d_a), strided<S>(w1_[e]), f, d_x, false, work);  // d_x = d_a·w1
+    gemm<S>(strided<S>(d_a), strided<S>(w1_[e]), f, d_x, false, work, threads);  // d_x = d_a·w1
   }
 
   Gradients make_gradients() const { return FfnExpert(config_, /*zeros=*/true); }

@@ -27,12 +27,14 @@ class GatedExpert {
   // forward's working memory, kept for backward in training: h1 = x·w1ᵀ, h3 = x·w3ᵀ and
   // h = act(h1) ⊙ h3, each [n, d_ff].
   Index scratch_size(Index n) const { return 3 * n * config_.d_ff; }
-  // backward's: d_h1 and d_h3, each [n, d_ff], and kernels::gemm's workspace for its products.
-  Index backward_scratch_size(Index n) const {
+  // backward's: d_h1 and d_h3, each [n, d_ff], and kernels::gemm's workspace for its products on
+  // `threads` threads.
+  Index backward_scratch_size(Index n, int threads = 1) const {
     const Index d = d_model(), f = d_ff();
-    using kernels::gemm_workspace_size;
-    return 2 * n * f + std::max({gemm_workspace_size<S>(d, f, n), gemm_workspace_size<S>(f, d, n),
-                                 gemm_workspace_size<S>(n, f, d), gemm_workspace_size<S>(n, d, f)});
+    const auto work = [&](Index m, Index cols, Index depth) {
+      return kernels::gemm_workspace_size<S>(m, cols, depth, threads);
+    };
+    return 2 * n * f + std::max({work(d, f, n), work(f, d, n), work(n, f, d), work(n, d, f)});
   }
 
   // See the Expert concept.
@@ -56,11 +58,12 @@ class GatedExpert {
   // (d_h1 and d_h3, 2·n·d_ff) are too big to be reread from cache for every weight panel
   // (mixtral-mini T=1024, 8 experts: d_h 155 → 133 ms, d_x 269 → 241 ms against running them one
   // weight panel at a time, as the forward does). The activation's derivative is one contiguous
-  // pass over d_h.
+  // pass over d_h. With threads > 1 each product's columns are split over them (the same bits):
+  // for a layer with fewer experts than threads to run at once (shared experts).
   void backward(Index e, ConstMatrixRef<S> x, std::span<const S> saved, ConstMatrixRef<S> d_y, MatrixRef<S> d_x,
-                Gradients& grads, std::span<S> scratch) const {
+                Gradients& grads, std::span<S> scratch, int threads = 1) const {
     detail::check_expert_backward<S>("GatedExpert::backward", e, num_experts(), d_model(), x, d_y, d_x,
-                                     scratch_size(x.rows()), saved, backward_scratch_size(x.rows()), scratch);
+                                     scratch_size(x.rows()), saved, backward_scratch_size(x.rows(), threads), scratch);
     detail::check_same_shape("GatedExpert::backward", config_, grads.config_);
     using kernels::gemm;
     using kernels::strided;
@@ -70,14 +73,14 @@ class GatedExpert {
     Eigen::Map<RowMatrix<S>> d_h1(scratch.data(), n, f), d_h3(scratch.data() + n * f, n, f);
     const std::span<S> work = scratch.subspan(static_cast<std::size_t>(2 * n * f));
 
-    gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work);  // d_w2 += d_yᵀ·h
-    gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_h3, false, work);        // d_h, in d_h3's place
+    gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work, threads);  // d_w2 += d_yᵀ·h
+    gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_h3, false, work, threads);        // d_h, in d_h3's place
     d_h1.array() = d_h3.array() * h3.array() * Activation::derivative(h1.array());
     d_h3.array() *= Activation::apply(h1.array());
-    gemm<S>(strided<S>(d_h1).transposed(), strided<S>(x), n, grads.w1_[e], true, work);  // d_w1 += d_h1ᵀ·x
-    gemm<S>(strided<S>(d_h3).transposed(), strided<S>(x), n, grads.w3_[e], true, work);  // d_w3 += d_h3ᵀ·x
-    gemm<S>(strided<S>(d_h1), strided<S>(w1_[e]), f, d_x, false, work);                 // d_x = d_h1·w1
-    gemm<S>(strided<S>(d_h3), strided<S>(w3_[e]), f, d_x, true, work);                  //     + d_h3·w3
+    gemm<S>(strided<S>(d_h1).transposed(), strided<S>(x), n, grads.w1_[e], true, work, threads);  // d_w1 += d_h1ᵀ·x
+    gemm<S>(strided<S>(d_h3).transposed(), strided<S>(x), n, grads.w3_[e], true, work, threads);  // d_w3 += d_h3ᵀ·x
+    gemm<S>(strided<S>(d_h1), strided<S>(w1_[e]), f, d_x, false, work, threads);                 // d_x = d_h1·w1
+    gemm<S>(strided<S>(d_h3), strided<S>(w3_[e]), f, d_x, true, work, threads);                  //     + d_h3·w3
   }
 
   Gradients make_gradients() const { return GatedExpert(config_, /*zeros=*/true); }

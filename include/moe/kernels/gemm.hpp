@@ -16,6 +16,7 @@
 #pragma once
 
 #include "moe/detail/aligned_allocator.hpp"
+#include "moe/detail/parallel.hpp"
 #include "moe/errors.hpp"
 #include "moe/types.hpp"
 
@@ -506,9 +507,18 @@ struct GemmBlocks {
   }
 };
 
-// Scratch scalars gemm() needs for C [m, n] and the given depth.
+// Columns of C per thread of a gemm() on `threads` threads: whole panels, as evenly as they go.
 template <class S>
-constexpr Index gemm_workspace_size(Index m, Index n, Index depth) {
+constexpr Index gemm_column_range(Index n, int threads) {
+  const Index panels = std::max<Index>(num_panels<S>(n), 1);
+  const Index ranges = std::clamp<Index>(threads, 1, panels);
+  return std::min(n, (panels + ranges - 1) / ranges * Blocking<S>::kNR);
+}
+
+// Scratch scalars gemm() needs for C [m, n] and the given depth (on `threads` threads).
+template <class S>
+constexpr Index gemm_workspace_size(Index m, Index n, Index depth, int threads = 1) {
+  if (threads > 1) return threads * gemm_workspace_size<S>(m, gemm_column_range<S>(n, threads), depth);
   const Index kc = std::min(GemmBlocks<S>::kKC, depth), mc = std::min(GemmBlocks<S>::kMC, m);
   const Index nc = num_panels<S>(std::min(GemmBlocks<S>::nc(kc), n)) * Blocking<S>::kNR;
   return kc * nc + mc * kc + Blocking<S>::kMR * Blocking<S>::kNR;
@@ -517,14 +527,28 @@ constexpr Index gemm_workspace_size(Index m, Index n, Index depth) {
 // C = A·B, or C += A·B when accumulate: A m × depth, B depth × n, C [m, n] (any strides), for
 // products with no operand worth keeping packed (the backward's: weight gradients, and products by
 // weights read by columns, which change on every step anyway). Both operands are packed
-// block by block into workspace (≥ gemm_workspace_size(m, n, depth) scalars), so a packed block
-// is used while it is still in cache. The sum over the depth runs block after block in a fixed order.
+// block by block into workspace (≥ gemm_workspace_size(m, n, depth, threads) scalars), so a packed
+// block is used while it is still in cache. The sum over the depth runs block after block in a fixed
+// order. With threads > 1, C's columns are split into gemm_column_range()s, one gemm per range on
+// its own share of the workspace: each element is the same sum, whatever the number of threads.
 template <class S>
-void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumulate, std::span<S> workspace) {
+void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumulate, std::span<S> workspace,
+          int threads = 1) {
   constexpr int NR = Blocking<S>::kNR;
   constexpr Index KC = GemmBlocks<S>::kKC, MC = GemmBlocks<S>::kMC;
   const Index m = c.rows(), n = c.cols();
   if (m == 0 || n == 0) return;
+  if (const Index range = gemm_column_range<S>(n, threads); range < n) {
+    const auto share = static_cast<std::size_t>(gemm_workspace_size<S>(m, range, depth));
+    MOE_ASSERT(workspace.size() >= share * static_cast<std::size_t>(threads));
+    detail::parallel_for((n + range - 1) / range, threads, [&](Index r, int thread) {
+      const Index j0 = r * range;
+      gemm<S>(a, Strided<S>{b.data + j0 * b.col_stride, b.row_stride, b.col_stride}, depth,
+              c.middleCols(j0, std::min(range, n - j0)), accumulate,
+              workspace.subspan(static_cast<std::size_t>(thread) * share, share));
+    });
+    return;
+  }
   if (depth == 0) {
     if (!accumulate) c.setZero();
     return;

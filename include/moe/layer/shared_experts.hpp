@@ -121,12 +121,15 @@ class SharedExperts {
 
   // d_x += ∂⟨y, d_y⟩/∂x through the shared experts; grads += ∂⟨y, d_y⟩/∂θ.
   //   requires: cache filled by forward_add(x, ·, ·, &cache) on this x; d_y, d_x: [T, d_model].
-  // One work item per shared expert (it owns its gradients); their d_x add up in expert order.
+  // One work item per shared expert (it owns its gradients); their d_x add up in expert order. With
+  // fewer experts than threads (Qwen2-MoE's one), experts whose backward can split its products over
+  // threads (GatedExpert, FfnExpert) run one after the other on all of them instead.
   void backward(ConstMatrixRef<S> x, const Cache& cache, ConstMatrixRef<S> d_y, MatrixRef<S> d_x, Gradients& grads,
                 int threads) {
     const Index T = x.rows(), d = d_model(), tiles = num_tiles(T), E = num_experts();
     const Index scratch = experts_.scratch_size(std::min(T, kTileRows));
-    const Index back_scratch = experts_.backward_scratch_size(std::min(T, kTileRows));
+    const int product_threads = kSplitsBackward && E < threads ? threads : 1;
+    const Index back_scratch = backward_scratch_size(std::min(T, kTileRows), product_threads);
     d_sum_ = d_y;
     if (gated_) {
       // y += g ⊙ sum:  ∂/∂sum = g ⊙ d_y;  ∂/∂u = ⟨d_y, sum⟩ · g (1 − g) for u = x·w_gateᵀ.
@@ -136,7 +139,7 @@ class SharedExperts {
       d_x.noalias() += d_u * gate_weight_.row(0);
       d_sum_.array().colwise() *= cache.gate.array();
     }
-    threads = static_cast<int>(std::max<Index>(1, std::min<Index>(threads, E)));
+    threads = product_threads > 1 ? 1 : static_cast<int>(std::max<Index>(1, std::min<Index>(threads, E)));
     d_x_expert_.resize(E * T, d);
     back_workspace_.resize(static_cast<std::size_t>(back_scratch * threads));
     detail::parallel_for(E, threads, [&](Index s, int thread) {
@@ -145,8 +148,12 @@ class SharedExperts {
         const Index begin = tile * kTileRows, n = std::min(kTileRows, T - begin);
         const std::span<const S> saved(cache.saved.data() + (tile * E + s) * scratch,
                                        static_cast<std::size_t>(scratch));
-        experts_.backward(s, x.middleRows(begin, n), saved, d_sum_.middleRows(begin, n),
-                          d_x_expert_.middleRows(s * T + begin, n), grads.experts, work);
+        const auto d_x_tile = d_x_expert_.middleRows(s * T + begin, n);
+        if constexpr (kSplitsBackward)
+          experts_.backward(s, x.middleRows(begin, n), saved, d_sum_.middleRows(begin, n), d_x_tile, grads.experts, work,
+                            product_threads);
+        else
+          experts_.backward(s, x.middleRows(begin, n), saved, d_sum_.middleRows(begin, n), d_x_tile, grads.experts, work);
       }
     });
     for (Index s = 0; s < E; ++s) d_x += d_x_expert_.middleRows(s * T, T);
@@ -170,6 +177,14 @@ class SharedExperts {
 
  private:
   static constexpr Index kTileRows = 128;
+  // Experts whose backward can split its products over threads (GatedExpert, FfnExpert).
+  static constexpr bool kSplitsBackward = requires(const X& expert) { expert.backward_scratch_size(Index(1), 1); };
+  Index backward_scratch_size(Index n, int threads) const {
+    if constexpr (kSplitsBackward)
+      return experts_.backward_scratch_size(n, threads);
+    else
+      return experts_.backward_scratch_size(n);
+  }
   static Index num_tiles(Index T) { return (T + kTileRows - 1) / kTileRows; }
 
   // A slot's workspace for tiles of up to `rows` rows: sum, out [rows, d_model] and gate [rows];
