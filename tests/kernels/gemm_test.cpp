@@ -66,7 +66,8 @@ TYPED_TEST(GemmTest, MatchesATripleLoopForEveryLayoutAndShape) {
 }
 
 // On several threads C's columns are split into ranges of whole panels: the same bits as on one,
-// accumulating or not, into a block of a wider matrix, with the workspace it asks for.
+// overwriting then accumulating, into a block of a wider matrix whose other columns stay as they
+// are, with the workspace it asks for (one workspace when there is a single panel to compute).
 TYPED_TEST(GemmTest, ThreadsGiveTheSameBitsAsOne) {
   using S = TypeParam;
   for (const auto& [m, n, depth] : shapes()) {
@@ -77,12 +78,13 @@ TYPED_TEST(GemmTest, ThreadsGiveTheSameBitsAsOne) {
       std::vector<S> workspace(static_cast<std::size_t>(moe::kernels::gemm_workspace_size<S>(m, n, depth, threads)));
       RowMatrix<S> wide = RowMatrix<S>::Constant(m, n + 3, S(7));
       auto c = wide.rightCols(n);
-      moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/true, workspace, threads);
+      moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/false, workspace, threads);
       moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/true, workspace, threads);
       return wide;
     };
     const RowMatrix<S> one = run(1);
-    MOE_EXPECT_CLOSE(S, RowMatrix<S>(one.rightCols(n).array() - S(7)), (2 * reference_product(a, RowMatrix<S>(b_t.transpose()))).eval());
+    MOE_EXPECT_CLOSE(S, RowMatrix<S>(one.rightCols(n)), (2 * reference_product(a, RowMatrix<S>(b_t.transpose()))).eval());
+    EXPECT_EQ(one.leftCols(3), RowMatrix<S>::Constant(m, 3, S(7)));
     for (const int threads : {2, 3, 5}) {
       const RowMatrix<S> many = run(threads);
       EXPECT_EQ(std::memcmp(many.data(), one.data(), sizeof(S) * static_cast<std::size_t>(one.size())), 0)
@@ -92,6 +94,8 @@ TYPED_TEST(GemmTest, ThreadsGiveTheSameBitsAsOne) {
   constexpr Index NR = Blocking<S>::kNR;
   static_assert(moe::kernels::gemm_column_range<S>(16 * NR + 2, 2) == 9 * NR);  // 17 panels: 9 and 8
   static_assert(moe::kernels::gemm_column_range<S>(NR - 1, 3) == NR - 1);       // one panel: no split
+  static_assert(moe::kernels::gemm_workspace_size<S>(20, NR - 1, 600, 3) ==
+                moe::kernels::gemm_workspace_size<S>(20, NR - 1, 600));
 }
 
 TYPED_TEST(GemmTest, ZeroDepthGivesZerosOrLeavesTheSum) {

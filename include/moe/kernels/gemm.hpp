@@ -515,10 +515,12 @@ constexpr Index gemm_column_range(Index n, int threads) {
   return std::min(n, (panels + ranges - 1) / ranges * Blocking<S>::kNR);
 }
 
-// Scratch scalars gemm() needs for C [m, n] and the given depth (on `threads` threads).
+// Scratch scalars gemm() needs for C [m, n] and the given depth (on `threads` threads: a share per
+// thread when the columns are split, one workspace when they are too few to split).
 template <class S>
 constexpr Index gemm_workspace_size(Index m, Index n, Index depth, int threads = 1) {
-  if (threads > 1) return threads * gemm_workspace_size<S>(m, gemm_column_range<S>(n, threads), depth);
+  if (const Index range = gemm_column_range<S>(n, threads); range < n)
+    return threads * gemm_workspace_size<S>(m, range, depth);
   const Index kc = std::min(GemmBlocks<S>::kKC, depth), mc = std::min(GemmBlocks<S>::kMC, m);
   const Index nc = num_panels<S>(std::min(GemmBlocks<S>::nc(kc), n)) * Blocking<S>::kNR;
   return kc * nc + mc * kc + Blocking<S>::kMR * Blocking<S>::kNR;
