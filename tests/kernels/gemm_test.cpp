@@ -83,7 +83,8 @@ TYPED_TEST(GemmTest, ThreadsGiveTheSameBitsAsOne) {
       return wide;
     };
     const RowMatrix<S> one = run(1);
-    MOE_EXPECT_CLOSE(S, RowMatrix<S>(one.rightCols(n)), (2 * reference_product(a, RowMatrix<S>(b_t.transpose()))).eval());
+    const RowMatrix<S> b = b_t.transpose();
+    MOE_EXPECT_CLOSE(S, RowMatrix<S>(one.rightCols(n)), (2 * reference_product(a, b)).eval());
     EXPECT_EQ(one.leftCols(3), RowMatrix<S>::Constant(m, 3, S(7)));
     for (const int threads : {2, 3, 5}) {
       const RowMatrix<S> many = run(threads);
