@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string_view>
+#include <vector>
 
 namespace {
 
@@ -156,6 +158,33 @@ TYPED_TEST(ActivationsTest, AppliesElementwiseToMatrices) {
   for (Eigen::Index i = 0; i < 7; ++i)
     for (Eigen::Index j = 0; j < 16; ++j) expected(i, j) = ref::silu(static_cast<double>(h(i, j)));
   MOE_EXPECT_CLOSE(S, y, expected);
+}
+
+// elementwise(): each element's bits depend on its value only, not on where it sits (Eigen's own
+// evaluation uses its scalar functions for an unaligned head and a tail, its vector ones elsewhere,
+// and the two differ in the last bits: per-thread scratch made backward's bits depend on the thread).
+template <class Activation, class S>
+void check_same_bits_at_any_offset() {
+  constexpr Eigen::Index n = 37;
+  const moe::RowMatrix<S> values = moe::test::random_matrix<S>(1, n, 12) * S(6);
+  std::vector<S> at_start(n);
+  moe::elementwise<S>(n, at_start.data(), [](const auto& a) { return Activation::apply(a); }, values.data());
+  for (Eigen::Index offset = 1; offset < 17; ++offset) {
+    std::vector<S> in(n + offset), out(n + offset);
+    std::copy_n(values.data(), n, in.begin() + offset);
+    moe::elementwise<S>(n, out.data() + offset, [](const auto& a) { return Activation::apply(a); }, in.data() + offset);
+    EXPECT_EQ(std::memcmp(out.data() + offset, at_start.data(), n * sizeof(S)), 0)
+        << Activation::name << " at offset " << offset;
+  }
+  moe::RowMatrix<double> expected(1, n);
+  for (Eigen::Index i = 0; i < n; ++i) expected(0, i) = ref::ActivationOf<Activation>::apply(double(values(0, i)));
+  MOE_EXPECT_CLOSE(S, Eigen::Map<const moe::RowMatrix<S>>(at_start.data(), 1, n), expected);
+}
+
+TYPED_TEST(ActivationsTest, ElementwiseGivesTheSameBitsAtAnyAddress) {
+  check_same_bits_at_any_offset<moe::Gelu, TypeParam>();
+  check_same_bits_at_any_offset<moe::GeluTanh, TypeParam>();
+  check_same_bits_at_any_offset<moe::Silu, TypeParam>();
 }
 
 }  // namespace

@@ -5,9 +5,12 @@
 // Formulas follow torch.nn.functional (relu, gelu, gelu(approximate="tanh"), silu).
 #pragma once
 
+#include "moe/types.hpp"
+
 #include <Eigen/Core>
 #include <unsupported/Eigen/SpecialFunctions>  // ArrayBase::erf (vectorised for float)
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -84,5 +87,28 @@ struct Silu {
     return sigma * (S(1) + a * (S(1) - sigma));
   }
 };
+
+// out[i] = fn(in[i]...) for i < n, with fn an expression of Eigen arrays (an activation, its
+// derivative, a product with one): every element is evaluated by the same vectorised code. Eigen
+// evaluates the unaligned head and the tail of a dynamic-size array with its scalar functions
+// (std::exp, std::erf) and the rest with its packet ones, which differ in the last bits, so an
+// element's result would depend on where its buffer sits — in per-thread scratch, on the thread.
+// Here every chunk of a packet is a fixed-size array (evaluated as one packet, aligned or not),
+// and the last partial chunk a zero-padded copy. out may be one of the inputs.
+template <class S, class Fn, class... In>
+void elementwise(Index n, S* out, Fn&& fn, const In*... in) {
+  constexpr int P = Eigen::internal::packet_traits<S>::size;
+  using Chunk = Eigen::Array<S, P, 1>;
+  const Index whole = n / P * P;
+  for (Index i = 0; i < whole; i += P) Eigen::Map<Chunk>(out + i) = fn(Eigen::Map<const Chunk>(in + i)...);
+  if (whole == n) return;
+  const auto padded = [&](const S* from) {
+    Chunk chunk = Chunk::Zero();
+    std::copy_n(from + whole, n - whole, chunk.data());
+    return chunk;
+  };
+  const Chunk tail = fn(padded(in)...);
+  std::copy_n(tail.data(), n - whole, out + whole);
+}
 
 }  // namespace moe

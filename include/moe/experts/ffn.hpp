@@ -43,7 +43,7 @@ class FfnExpert {
     Eigen::Map<RowMatrix<S>> a(scratch.data(), n, f), h(scratch.data() + n * f, n, f);
     a.noalias() = x * w1_[e].transpose();
     if (config_.bias) a.rowwise() += b1_[e].row(0);
-    h.array() = Activation::apply(a.array());
+    elementwise<S>(n * f, h.data(), activation, a.data());
     y.noalias() = h * w2_[e].transpose();
     if (config_.bias) y.rowwise() += b2_[e].row(0);
   }
@@ -65,7 +65,8 @@ class FfnExpert {
     const std::span<S> work = scratch.subspan(static_cast<std::size_t>(n * f));
     gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work, threads);  // d_w2 += d_yᵀ·h
     gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_a, false, work, threads);        // d_y·w2
-    d_a.array() *= Activation::derivative(a.array());
+    elementwise<S>(n * f, d_a.data(), [](const auto& d, const auto& v) { return d * Activation::derivative(v); },
+                   d_a.data(), a.data());
     gemm<S>(strided<S>(d_a).transposed(), strided<S>(x), n, grads.w1_[e], true, work, threads);  // d_w1 += d_aᵀ·x
     if (config_.bias) {
       grads.b2_[e].row(0) += d_y.colwise().sum();
@@ -137,14 +138,14 @@ class FfnExpert {
         [&](Index p) { return kernels::weight_panel_source<S>(w1_[e], p); }, [&](Index i0, Index mr, Index p, const S* tile) {
       const Index unit = p * kNR, units = std::min<Index>(kNR, f - unit), at = i0 * f + unit;
       const Tile t(tile, mr, units, Eigen::OuterStride<>(kNR));
-      Out h_tile(h + at, mr, units, Eigen::OuterStride<>(f));
       if (config_.bias) {
+        Out h_tile(h + at, mr, units, Eigen::OuterStride<>(f));
         h_tile = t.rowwise() + b1_[e].row(0).segment(unit, units).array();  // a, for now
         if (keep) Out(a + at, mr, units, Eigen::OuterStride<>(f)) = h_tile;
-        h_tile = Activation::apply(h_tile);
+        for (Index i = 0; i < mr; ++i) elementwise<S>(units, h + at + i * f, activation, h + at + i * f);
         return;
       }
-      h_tile = Activation::apply(t);
+      for (Index i = 0; i < mr; ++i) elementwise<S>(units, h + at + i * f, activation, tile + i * kNR);
       if (!keep) return;
       if (units == kNR) {  // read again only by backward: past the caches
         kernels::stream_rows<S>(tile, kNR, mr, a + at, f);
@@ -190,6 +191,7 @@ class FfnExpert {
   }
 
   static constexpr int kPacket = kernels::Blocking<S>::kPacket, kNR = kernels::Blocking<S>::kNR;
+  static constexpr auto activation = [](const auto& a) { return Activation::apply(a); };  // for elementwise()
 
   ExpertConfig config_;
   ParamBank<S> w1_, w2_, b1_, b2_;

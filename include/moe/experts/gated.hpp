@@ -46,7 +46,7 @@ class GatedExpert {
         h(scratch.data() + 2 * n * f, n, f);
     h1.noalias() = x * w1_[e].transpose();
     h3.noalias() = x * w3_[e].transpose();
-    h.array() = Activation::apply(h1.array()) * h3.array();
+    elementwise<S>(n * f, h.data(), gated, h1.data(), h3.data());
     y.noalias() = h * w2_[e].transpose();
   }
 
@@ -75,8 +75,11 @@ class GatedExpert {
 
     gemm<S>(strided<S>(d_y).transposed(), strided<S>(h), n, grads.w2_[e], true, work, threads);  // d_w2 += d_yᵀ·h
     gemm<S>(strided<S>(d_y), strided<S>(w2_[e]), d_model(), d_h3, false, work, threads);        // d_h, in d_h3's place
-    d_h1.array() = d_h3.array() * h3.array() * Activation::derivative(h1.array());
-    d_h3.array() *= Activation::apply(h1.array());
+    elementwise<S>(n * f, d_h1.data(), [](const auto& d_h, const auto& a3, const auto& a1) {
+      return d_h * a3 * Activation::derivative(a1);
+    }, d_h3.data(), h3.data(), h1.data());
+    elementwise<S>(n * f, d_h3.data(), [](const auto& d_h, const auto& a1) { return d_h * Activation::apply(a1); },
+                   d_h3.data(), h1.data());
     gemm<S>(strided<S>(d_h1).transposed(), strided<S>(x), n, grads.w1_[e], true, work, threads);  // d_w1 += d_h1ᵀ·x
     gemm<S>(strided<S>(d_h3).transposed(), strided<S>(x), n, grads.w3_[e], true, work, threads);  // d_w3 += d_h3ᵀ·x
     gemm<S>(strided<S>(d_h1), strided<S>(w1_[e]), f, d_x, false, work, threads);                 // d_x = d_h1·w1
@@ -143,16 +146,16 @@ class GatedExpert {
         up_packed_, e, n, d_model(), packed_x, p_begin, p_end, work, [&](Index p, S* panel) { pack_up_panel(e, p, panel); },
         [&](Index p) { return up_source(e, p); }, [&](Index i0, Index mr, Index p, const S* tile) {
       const Index unit = p * kPacket, units = std::min<Index>(kPacket, f - unit), at = i0 * f + unit;
-      const Tile t1(tile, mr, units, Eigen::OuterStride<>(kNR)), t3(tile + kPacket, mr, units, Eigen::OuterStride<>(kNR));
-      Out(h + at, mr, units, Eigen::OuterStride<>(f)) = Activation::apply(t1) * t3;
+      for (Index i = 0; i < mr; ++i)
+        elementwise<S>(units, h + at + i * f, gated, tile + i * kNR, tile + i * kNR + kPacket);
       if (!keep) return;
       if (units == kPacket) {  // read again only by backward: past the caches
         kernels::stream_rows<S>(tile, kNR, mr, h1 + at, f);
         kernels::stream_rows<S>(tile + kPacket, kNR, mr, h3 + at, f);
         return;
       }
-      Out(h1 + at, mr, units, Eigen::OuterStride<>(f)) = t1;
-      Out(h3 + at, mr, units, Eigen::OuterStride<>(f)) = t3;
+      Out(h1 + at, mr, units, Eigen::OuterStride<>(f)) = Tile(tile, mr, units, Eigen::OuterStride<>(kNR));
+      Out(h3 + at, mr, units, Eigen::OuterStride<>(f)) = Tile(tile + kPacket, mr, units, Eigen::OuterStride<>(kNR));
     });
     if (keep) kernels::stream_fence();
   }
@@ -185,6 +188,8 @@ class GatedExpert {
   }
 
   static constexpr int kPacket = kernels::Blocking<S>::kPacket, kNR = kernels::Blocking<S>::kNR;
+  // h = act(h1) ⊙ h3, for elementwise().
+  static constexpr auto gated = [](const auto& a1, const auto& a3) { return Activation::apply(a1) * a3; };
 
   // Up panel p: hidden units [p·P, p·P + P) of w1, then of w3, as columns; [d_model][kNR].
   void pack_up_panel(Index e, Index p, S* panel) const {
