@@ -3,7 +3,7 @@
 #pragma once
 
 #include "moe/routing.hpp"
-#include "moe/train/parameters.hpp"
+#include "moe/parameters.hpp"
 #include "moe/types.hpp"
 
 #include <concepts>
@@ -129,9 +129,12 @@ concept Gate = requires(G& gate, const G& const_gate, ConstMatrixRef<typename G:
 //
 // backward(x, plan, grads, d_x, param_grads)
 //   requires: plan filled by route(x, plan, mode) on this x with these parameters; grads:
-//             ∂L/∂(plan.weight, plan.logits, plan.noise_std), shaped by grads.reset(plan).
-//   ensures:  d_x = ∂L/∂x through the router (overwritten); param_grads += ∂L/∂θ (accumulated).
-//             Expert selection (top-k, groups, selection bias, capacity) has no gradient.
+//             ∂L/∂(plan.weight, plan.scores, plan.logits, plan.noise_std), shaped by
+//             grads.reset(plan); d_x: [T, d_model()].
+//   ensures:  d_x += ∂L/∂x through the router; param_grads += ∂L/∂θ (both accumulated: the
+//             layer adds the router's part to the experts'). The gate maps d_scores and d_weight
+//             through its own score function. Expert selection (top-k, groups, selection bias,
+//             capacity) has no gradient.
 template <class G>
 concept TrainableGate =
     Gate<G> && requires(G& gate, const G& const_gate, ConstMatrixRef<typename G::Scalar> x,
@@ -156,8 +159,10 @@ namespace moe {
 //   requires: plan filled by a gate's route(); mask: empty (every token counts) or [T] with 1 for
 //             a real token and 0 for padding; grads: nullptr, or grads->reset(plan) done.
 //   ensures:  returns coefficient · value (0 for T = 0 or an all-padding mask);
-//             if grads: grads->d_weight, d_logits, d_noise_std += coefficient · ∂value/∂(...)
-//             (accumulated).
+//             if grads: grads->d_weight, d_scores, d_logits, d_noise_std += coefficient ·
+//             ∂value/∂(plan.weight, plan.scores, plan.logits, plan.noise_std) (accumulated), each
+//             with the others held fixed. A loss of the scores writes d_scores: it needs no
+//             knowledge of the score function (the gate maps d_scores to its logits).
 template <class L>
 concept AuxLoss = requires(const L& loss, const RoutingPlan<typename L::Scalar>& plan,
                            std::span<const std::uint8_t> mask, RouterGradients<typename L::Scalar>* grads) {

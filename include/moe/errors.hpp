@@ -7,6 +7,8 @@
 
 #include <Eigen/Core>
 
+#include <cstdio>
+#include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -24,6 +26,11 @@ struct config_error : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// An argument is in the wrong state for the call: a cache that no training forward filled.
+struct state_error : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
 // A file could not be read or written as expected.
 struct io_error : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -31,8 +38,14 @@ struct io_error : std::runtime_error {
 
 }  // namespace moe
 
+// The one place that knows what a build without exceptions does with an error: it prints the
+// message and aborts (-fno-exceptions). Define MOE_THROW yourself to route errors elsewhere.
 #ifndef MOE_THROW
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
 #define MOE_THROW(exception) throw exception
+#else
+#define MOE_THROW(exception) ::moe::detail::terminate_with(exception)
+#endif
 #endif
 
 #ifndef MOE_ASSERT
@@ -45,6 +58,21 @@ struct io_error : std::runtime_error {
 #endif
 
 namespace moe::detail {
+
+// Prints the error and aborts: MOE_THROW without exceptions, and raise() when a user's MOE_THROW
+// returns.
+template <class E>
+[[noreturn]] void terminate_with(const E& error) noexcept {
+  std::fprintf(stderr, "moe: %s\n", error.what());
+  std::abort();
+}
+
+// MOE_THROW(error) for functions that must not return ([[noreturn]] helpers that build messages).
+template <class E>
+[[noreturn]] void raise(const E& error) {
+  MOE_THROW(error);
+  terminate_with(error);
+}
 
 template <class... Parts>
 std::string concat(const Parts&... parts) {

@@ -6,6 +6,8 @@
 
 #include "moe/concepts.hpp"
 #include "moe/errors.hpp"
+#include "moe/param_bank.hpp"
+#include "moe/parameters.hpp"
 #include "moe/random.hpp"
 #include "moe/routing.hpp"
 #include "moe/types.hpp"
@@ -35,13 +37,11 @@
 
 // Training
 #include "moe/train/adam.hpp"
-#include "moe/train/parameters.hpp"
 #include "moe/train/sgd.hpp"
 
 // I/O
 #include "moe/io/checkpoint.hpp"
 #include "moe/io/dtype.hpp"
-#include "moe/io/json.hpp"
 #include "moe/io/layer_file.hpp"
 #include "moe/io/npy.hpp"
 #include "moe/io/safetensors.hpp"

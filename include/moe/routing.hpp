@@ -54,16 +54,19 @@ struct RoutingPlan {
 };
 
 // Gradients with respect to what a gate produced; the layer and the auxiliary losses add into
-// them, the gate's backward consumes them.
+// them, the gate's backward consumes them: it maps d_weight and d_scores through its score
+// function to the logits, so a loss needs to know only the plan's arrays.
 template <class S>
 struct RouterGradients {
-  RowMatrix<S> d_weight;     // [T, k]  ∂L/∂plan.weight
-  RowMatrix<S> d_logits;     // [T, E]  ∂L/∂plan.logits
-  RowMatrix<S> d_noise_std;  // [T, E]  ∂L/∂plan.noise_std (noisy gating only)
+  RowMatrix<S> d_weight;          // [T, k]  ∂L/∂plan.weight
+  RowMatrix<double> d_scores;     // [T, E]  ∂L/∂plan.scores (in double: the losses compute in double)
+  RowMatrix<S> d_logits;          // [T, E]  ∂L/∂plan.logits, other than through the scores
+  RowMatrix<S> d_noise_std;       // [T, E]  ∂L/∂plan.noise_std (noisy gating only)
 
   // Zeros of the plan's shapes.
   void reset(const RoutingPlan<S>& plan) {
     d_weight.setZero(plan.num_tokens(), plan.slots_per_token());
+    d_scores.setZero(plan.num_tokens(), plan.num_experts);
     d_logits.setZero(plan.num_tokens(), plan.num_experts);
     d_noise_std.setZero(plan.noisy ? plan.num_tokens() : 0, plan.noisy ? plan.num_experts : 0);
   }

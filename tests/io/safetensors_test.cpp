@@ -1,4 +1,4 @@
-#include <moe/experts/param_bank.hpp>
+#include <moe/param_bank.hpp>
 #include <moe/io/safetensors.hpp>
 #include <moe/io/safetensors_writer.hpp>
 
@@ -137,7 +137,7 @@ TEST(SafetensorsView, F32IsZeroCopyAndKeepsTheMappingAlive) {
   ScratchDir dir;
   const RowMatrix<float> w = moe::test::random_matrix<float>(6, 3, 4);
   SafetensorsWriter().add("a", RowMatrix<float>::Ones(1, 3), Dtype::F16).add("w", w).write(dir / "m.st");
-  moe::io::TensorView view;
+  moe::io::FloatTensor view;
   {
     const auto file = SafetensorsFile::open(dir / "m.st");
     view = file.view_f32("w");
@@ -149,7 +149,7 @@ TEST(SafetensorsView, F32IsZeroCopyAndKeepsTheMappingAlive) {
   }
   EXPECT_EQ(view.matrix(), w);  // the file object is gone; the view still holds the mapping
   EXPECT_EQ(view.shape(), (std::vector<Index>{6, 3}));
-  const moe::io::TensorView copy = view;
+  const moe::io::FloatTensor copy = view;
   EXPECT_EQ(copy.data(), view.data());
 }
 

@@ -86,7 +86,7 @@ TEST(SparseMoEGrad, DeepSeekGroupsSharedExpertsSequenceBalance) {
   moe::SparseMoE<moe::GeGluExpert<double>, moe::TopKGate<double>, moe::SequenceBalanceLoss<double>> layer{
       moe::TopKGate<double>(config), moe::GeGluExpert<double>(experts()),
       moe::SharedExperts<moe::GeGluExpert<double>>(moe::GeGluExpert<double>(experts(2, 24))),
-      moe::SequenceBalanceLoss<double>({.coefficient = 0.5, .sequence_length = 4, .scoring = moe::Scoring::sigmoid})};
+      moe::SequenceBalanceLoss<double>({.coefficient = 0.5, .sequence_length = 4})};
   layer.gate().selection_bias() << 0.1, -0.1, 0.05, 0.0;
   expect_layer_gradients(layer);
 }

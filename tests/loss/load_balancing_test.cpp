@@ -17,6 +17,7 @@
 namespace {
 
 using moe::Index;
+using moe::RowMatrix;
 using moe::Scoring;
 using Form = moe::LoadBalancingConfig::Form;
 namespace tl = moe::test::loss;
@@ -69,7 +70,7 @@ TYPED_TEST(LoadBalancingTest, ValueMatchesReferenceLoop) {
       auto plan = tl::make_plan<S>(tl::spaced_logits(kTokens, kExperts, 5), kTopK, scoring);
       plan.dropped(2, 1) = 1;              // dropped slots still count in f
       plan.expert(4, 1) = moe::kEmptySlot;  // empty slots do not
-      const moe::LoadBalancingLoss<S> loss({.coefficient = 0.5, .scoring = scoring, .form = form});
+      const moe::LoadBalancingLoss<S> loss({.coefficient = 0.5, .form = form});
       const double expected = 0.5 * reference(plan, {}, form);
       EXPECT_NEAR(loss.evaluate(plan, {}, nullptr), expected, 1e-6 * expected);
       EXPECT_GT(expected, 0.1);
@@ -112,11 +113,12 @@ TYPED_TEST(LoadBalancingTest, BalancedValueIsOneForSwitchAndKForHf) {
   EXPECT_NEAR(moe::LoadBalancingLoss<S>({.coefficient = 1}).evaluate(plan, {}, nullptr), E / 2.0, 1e-6);
 }
 
-// d_logits against central differences of the double loss, scores recomputed from the logits.
+// d_scores mapped to the logits (as a gate does) against central differences of the double loss,
+// scores recomputed from the logits.
 template <class S>
 void check_gradient(Scoring scoring, Form form, Index k, std::uint64_t seed) {
   const auto z = tl::spaced_logits(kTokens, kExperts, seed);
-  const moe::LoadBalancingConfig config{.coefficient = 1, .scoring = scoring, .form = form};
+  const moe::LoadBalancingConfig config{.coefficient = 1, .form = form};
   auto plan_d = tl::make_plan<double>(z, k, scoring);
   const moe::LoadBalancingLoss<double> loss_d(config);
   const auto fd = tl::finite_differences(plan_d.logits, [&] {
@@ -128,14 +130,16 @@ void check_gradient(Scoring scoring, Form form, Index k, std::uint64_t seed) {
   moe::RouterGradients<S> grads;
   grads.reset(plan);
   moe::LoadBalancingLoss<S>(config).evaluate(plan, {}, &grads);
+  const RowMatrix<S> d_logits = tl::logit_gradient(plan, grads, scoring);
   if (k < kExperts) {
-    EXPECT_LE(tl::relative_error(grads.d_logits, fd), tl::gradient_tolerance<S>());
+    EXPECT_LE(tl::relative_error(d_logits, fd), tl::gradient_tolerance<S>());
     EXPECT_GT(fd.norm(), 1e-3);
   } else {  // k = E: every f_e = 1/E and L = Σ_e P_e = 1 whatever the logits
     EXPECT_LE(fd.norm(), 1e-8);
-    EXPECT_LE(double(grads.d_logits.norm()), 1e-6);
+    EXPECT_LE(double(d_logits.norm()), 1e-6);
   }
   EXPECT_EQ(grads.d_weight.norm(), S(0));
+  EXPECT_EQ(grads.d_logits.norm(), S(0));
 }
 
 TYPED_TEST(LoadBalancingTest, GradSoftmaxMatchesFiniteDifferences) {
@@ -167,11 +171,11 @@ TYPED_TEST(LoadBalancingTest, MaskExcludesPaddingFromValueAndGradient) {
   EXPECT_NEAR(masked, unpadded, 1e-6 * unpadded);
   EXPECT_GT(std::abs(masked - loss.evaluate(plan, {}, nullptr)), 1e-4);  // the padding mattered
 
-  EXPECT_EQ(grads.d_logits.row(1).norm(), S(0));
-  EXPECT_EQ(grads.d_logits.row(4).norm(), S(0));
+  EXPECT_EQ(grads.d_scores.row(1).norm(), 0.0);
+  EXPECT_EQ(grads.d_scores.row(4).norm(), 0.0);
   const std::vector<Index> rows = {0, 2, 3, 5, 6};
   for (std::size_t i = 0; i < rows.size(); ++i)
-    MOE_EXPECT_CLOSE(S, grads.d_logits.row(rows[i]), sub_grads.d_logits.row(Index(i)));
+    MOE_EXPECT_CLOSE(S, grads.d_scores.row(rows[i]), sub_grads.d_scores.row(Index(i)));
 }
 
 TYPED_TEST(LoadBalancingTest, CoefficientScalesValueAndGradient) {
@@ -183,8 +187,8 @@ TYPED_TEST(LoadBalancingTest, CoefficientScalesValueAndGradient) {
   const double v1 = moe::LoadBalancingLoss<S>({.coefficient = 1}).evaluate(plan, {}, &g1);
   const double v3 = moe::LoadBalancingLoss<S>({.coefficient = 3}).evaluate(plan, {}, &g3);
   EXPECT_NEAR(v3, 3 * v1, 1e-6 * v3);
-  MOE_EXPECT_CLOSE(S, g3.d_logits, (S(3) * g1.d_logits).eval());
-  EXPECT_GT(g1.d_logits.norm(), S(1e-3));
+  MOE_EXPECT_CLOSE(S, g3.d_scores, (3 * g1.d_scores).eval());
+  EXPECT_GT(g1.d_scores.norm(), 1e-3);
 }
 
 TYPED_TEST(LoadBalancingTest, GradientsAccumulate) {
@@ -197,8 +201,9 @@ TYPED_TEST(LoadBalancingTest, GradientsAccumulate) {
   auto grads = tl::prefilled_gradients(plan, 99);
   const auto before = grads;
   loss.evaluate(plan, {}, &grads);
-  MOE_EXPECT_CLOSE(S, (grads.d_logits - before.d_logits).eval(), fresh.d_logits);
+  MOE_EXPECT_CLOSE(S, (grads.d_scores - before.d_scores).eval(), fresh.d_scores);
   EXPECT_TRUE(grads.d_weight == before.d_weight);
+  EXPECT_TRUE(grads.d_logits == before.d_logits);
 }
 
 TYPED_TEST(LoadBalancingTest, NoTokensOrAllPaddingGiveZero) {
@@ -213,10 +218,10 @@ TYPED_TEST(LoadBalancingTest, NoTokensOrAllPaddingGiveZero) {
   const std::vector<std::uint8_t> none(kTokens, 0);
   grads.reset(plan);
   EXPECT_EQ(moe::LoadBalancingLoss<S>().evaluate(plan, none, &grads), 0.0);
-  EXPECT_EQ(grads.d_logits.norm(), S(0));
+  EXPECT_EQ(grads.d_scores.norm(), 0.0);
 }
 
-TYPED_TEST(LoadBalancingTest, BadConfigsMasksAndScoringThrow) {
+TYPED_TEST(LoadBalancingTest, BadConfigsAndShapesThrow) {
   using S = TypeParam;
   for (const double c : {0.0, -0.01, std::numeric_limits<double>::quiet_NaN(),
                          std::numeric_limits<double>::infinity()})
@@ -230,12 +235,9 @@ TYPED_TEST(LoadBalancingTest, BadConfigsMasksAndScoringThrow) {
   tl::expect_throw_naming<moe::shape_error>([&] { loss.evaluate(plan, short_mask, nullptr); },
                                             {"LoadBalancingLoss::evaluate", "mask.size() = 6", "7"});
   moe::RouterGradients<S> wrong;
-  wrong.d_logits.setZero(kTokens, kExperts + 1);
-  wrong.d_weight.setZero(kTokens, kTopK);
-  tl::expect_throw_naming<moe::shape_error>([&] { loss.evaluate(plan, {}, &wrong); }, {"d_logits"});
-  // Softmax scores given to a loss told they are sigmoid: a wrong gradient would follow.
-  const moe::LoadBalancingLoss<S> sigmoid_loss({.scoring = Scoring::sigmoid});
-  tl::expect_throw_naming<moe::config_error>([&] { sigmoid_loss.evaluate(plan, {}, nullptr); }, {"sigmoid"});
+  wrong.reset(plan);
+  wrong.d_scores.setZero(kTokens, kExperts + 1);
+  tl::expect_throw_naming<moe::shape_error>([&] { loss.evaluate(plan, {}, &wrong); }, {"d_scores.cols() = 5", "4"});
 }
 
 }  // namespace

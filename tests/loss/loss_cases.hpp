@@ -2,8 +2,7 @@
 // ±1e-6 perturbation, central finite differences in double, and the ‖a − b‖ / ‖a + b‖ error.
 #pragma once
 
-#include <moe/gating/top_k_gate.hpp>
-#include <moe/kernels/softmax.hpp>
+#include <moe/gating/scoring.hpp>
 #include <moe/kernels/top_k.hpp>
 #include <moe/random.hpp>
 #include <moe/routing.hpp>
@@ -45,10 +44,18 @@ inline Mat spaced_logits(Index T, Index E, std::uint64_t seed) {
 // plan.scores = softmax or σ of plan.logits, in S, as a gate computes them.
 template <class S>
 void rescore(RoutingPlan<S>& plan, Scoring scoring) {
-  if (scoring == Scoring::sigmoid)
-    kernels::sigmoid<S>(plan.logits, plan.scores);
-  else
-    kernels::softmax_rows<S>(plan.logits, plan.scores);
+  scoring::score_rows<S>(scoring, plan.logits, plan.scores);
+}
+
+// ∂L/∂logits from what a loss wrote: d_logits, plus d_scores through the score function (what a
+// gate's backward does with them).
+template <class S>
+RowMatrix<S> logit_gradient(const RoutingPlan<S>& plan, const RouterGradients<S>& grads, Scoring scoring) {
+  RowMatrix<S> d_logits = grads.d_logits;
+  for (Index t = 0; t < plan.num_tokens(); ++t)
+    scoring::add_scores_backward(scoring, plan.scores.row(t).data(), grads.d_scores.row(t).data(), plan.num_experts,
+                                 d_logits.row(t).data());
+  return d_logits;
 }
 
 // A plan for these logits: scores by `scoring`, the k best scores selected (best first), weights
@@ -130,6 +137,7 @@ RouterGradients<S> prefilled_gradients(const RoutingPlan<S>& plan, std::uint64_t
   RouterGradients<S> g;
   g.reset(plan);
   g.d_weight = random_matrix<S>(g.d_weight.rows(), g.d_weight.cols(), seed);
+  g.d_scores = random_matrix<double>(g.d_scores.rows(), g.d_scores.cols(), seed + 3);
   g.d_logits = random_matrix<S>(g.d_logits.rows(), g.d_logits.cols(), seed + 1);
   g.d_noise_std = random_matrix<S>(g.d_noise_std.rows(), g.d_noise_std.cols(), seed + 2);
   return g;

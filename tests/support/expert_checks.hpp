@@ -5,7 +5,7 @@
 #include <moe/concepts.hpp>
 #include <moe/errors.hpp>
 #include <moe/kernels/gemm.hpp>
-#include <moe/train/parameters.hpp>
+#include <moe/parameters.hpp>
 
 #include "support/compare.hpp"
 

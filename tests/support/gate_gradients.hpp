@@ -1,6 +1,7 @@
 // Finite-difference check of a gate's backward: the loss
-//   L = Σ c_w ⊙ plan.weight + Σ c_z ⊙ plan.logits (+ Σ c_σ ⊙ plan.noise_std when noisy)
-// with seeded coefficients c, so that ∂L/∂(weight, logits, noise_std) = c is what backward gets.
+//   L = Σ c_w ⊙ plan.weight + Σ c_p ⊙ plan.scores + Σ c_z ⊙ plan.logits (+ Σ c_σ ⊙ plan.noise_std)
+// with seeded coefficients c, so that ∂L/∂(weight, scores, logits, noise_std) = c is what backward
+// gets. d_x starts from seeded values: backward adds to it.
 // Checks d_x and every parameter of collect_parameters() with moe::testing::check_gradients
 // (central differences in double, ‖a − n‖/‖a + n‖ ≤ 1e-6). The selection must not change under
 // the ±1e-6 steps: each step re-routes and the check fails if an expert id or drop mark flips;
@@ -44,15 +45,19 @@ moe::testing::GradCheckResult check_gate_gradients(G gate, RowMatrix<double> x, 
   const RowMatrix<double> c_w = random_matrix<double>(plan.weight.rows(), plan.weight.cols(), seed + 1);
   const RowMatrix<double> c_z = random_matrix<double>(plan.logits.rows(), plan.logits.cols(), seed + 2);
   const RowMatrix<double> c_s = random_matrix<double>(plan.noise_std.rows(), plan.noise_std.cols(), seed + 3);
+  const RowMatrix<double> c_p = random_matrix<double>(plan.scores.rows(), plan.scores.cols(), seed + 4);
 
   RouterGradients<double> grads;
   grads.reset(plan);
   grads.d_weight = c_w;
+  grads.d_scores = c_p;
   grads.d_logits = c_z;
   if (plan.noisy) grads.d_noise_std = c_s;
-  RowMatrix<double> d_x(x.rows(), x.cols());
+  const RowMatrix<double> d_x_before = random_matrix<double>(x.rows(), x.cols(), seed + 5);
+  RowMatrix<double> d_x = d_x_before;
   typename G::Gradients param_grads = gate.make_gradients();
   gate.backward(x, plan, grads, d_x, param_grads);
+  d_x -= d_x_before;
 
   ParameterList<double> params, analytic;
   gate.collect_parameters("", params);
@@ -64,7 +69,8 @@ moe::testing::GradCheckResult check_gate_gradients(G gate, RowMatrix<double> x, 
   const auto loss = [&] {
     route();
     selection_changed |= plan.expert != chosen || plan.dropped != dropped;
-    double value = (c_w.array() * plan.weight.array()).sum() + (c_z.array() * plan.logits.array()).sum();
+    double value = (c_w.array() * plan.weight.array()).sum() + (c_p.array() * plan.scores.array()).sum() +
+                   (c_z.array() * plan.logits.array()).sum();
     if (plan.noisy) value += (c_s.array() * plan.noise_std.array()).sum();
     return value;
   };

@@ -8,7 +8,7 @@
 #include <moe/experts/ffn.hpp>
 #include <moe/experts/gated.hpp>
 #include <moe/experts/linear.hpp>
-#include <moe/experts/param_bank.hpp>
+#include <moe/param_bank.hpp>
 #include <moe/types.hpp>
 
 #include <gtest/gtest.h>

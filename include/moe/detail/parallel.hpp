@@ -64,25 +64,34 @@ inline int threads_for_work(Index work, int threads) { return work < (Index(1) <
 // An exception thrown by a body is rethrown here after every thread has stopped.
 template <class Body>
 void parallel_for(Index num_items, int threads, Body&& body) {
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
   std::exception_ptr error;
   std::mutex error_mutex;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
-#endif
-  for (Index item = 0; item < num_items; ++item) {
+  const auto run = [&](Index item, int thread) {
     try {
-#ifdef _OPENMP
-      body(item, omp_get_thread_num());
-#else
-      (void)threads;
-      body(item, 0);
-#endif
+      body(item, thread);
     } catch (...) {
       const std::lock_guard lock(error_mutex);
       if (!error) error = std::current_exception();
     }
+  };
+#else
+  const auto run = [&](Index item, int thread) { body(item, thread); };
+#endif
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+#endif
+  for (Index item = 0; item < num_items; ++item) {
+#ifdef _OPENMP
+    run(item, omp_get_thread_num());
+#else
+    (void)threads;
+    run(item, 0);
+#endif
   }
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
   if (error) std::rethrow_exception(error);
+#endif
 }
 
 }  // namespace moe::detail

@@ -5,9 +5,9 @@
 
 #include "moe/experts/activations.hpp"
 #include "moe/experts/expert_config.hpp"
-#include "moe/experts/param_bank.hpp"
+#include "moe/param_bank.hpp"
 #include "moe/kernels/gemm.hpp"
-#include "moe/train/parameters.hpp"
+#include "moe/parameters.hpp"
 
 namespace moe {
 

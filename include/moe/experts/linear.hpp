@@ -2,8 +2,8 @@
 #pragma once
 
 #include "moe/experts/expert_config.hpp"
-#include "moe/experts/param_bank.hpp"
-#include "moe/train/parameters.hpp"
+#include "moe/param_bank.hpp"
+#include "moe/parameters.hpp"
 
 namespace moe {
 

@@ -4,7 +4,7 @@
 #pragma once
 
 #include "moe/gating/router.hpp"
-#include "moe/kernels/softmax.hpp"
+#include "moe/gating/scoring.hpp"
 #include "moe/routing.hpp"
 
 #include <cstdint>
@@ -42,7 +42,7 @@ class DenseGate {
     const Index T = x.rows(), E = num_experts();
     plan.reset(T, E, E);
     router_.project(x, plan.logits, "DenseGate::route");
-    kernels::softmax_rows<S>(plan.logits, plan.scores);
+    scoring::softmax_rows<S>(plan.logits, plan.scores);
     for (Index t = 0; t < T; ++t)
       for (Index e = 0; e < E; ++e) plan.expert(t, e) = static_cast<std::int32_t>(e);
     plan.weight = plan.scores;
@@ -56,14 +56,17 @@ class DenseGate {
   }
   void collect_parameters(const std::string& prefix, ParameterList<S>& out) { router_.collect_parameters(prefix, out); }
 
-  // See the TrainableGate concept. weight = softmax(logits), so
-  //   d_logits += softmax backward of d_weight (slot e is expert e).
+  // See the TrainableGate concept. weight = scores = softmax(logits), so
+  //   d_logits += softmax backward of d_scores and of d_weight (slot e is expert e).
   void backward(ConstMatrixRef<S> x, const RoutingPlan<S>& plan, const RouterGradients<S>& grads, MatrixRef<S> d_x,
                 Gradients& param_grads) {
+    detail::check_dim("DenseGate::backward", "d_x.rows()", d_x.rows(), "x.rows()", x.rows());
     d_logits_ = grads.d_logits;
     for (Index t = 0; t < x.rows(); ++t) {
       auto row = d_logits_.row(t);
-      kernels::softmax_backward_add(plan.scores.row(t), grads.d_weight.row(t), row);
+      scoring::add_scores_backward(Scoring::softmax, plan.scores.row(t).data(), grads.d_scores.row(t).data(),
+                                   num_experts(), row.data());
+      scoring::softmax_backward_add(plan.scores.row(t), grads.d_weight.row(t), row);
     }
     router_.backward(x, d_logits_, d_x, param_grads.router_);
   }

@@ -7,7 +7,7 @@
 
 #include "moe/gating/capacity.hpp"
 #include "moe/gating/router.hpp"
-#include "moe/kernels/softmax.hpp"
+#include "moe/gating/scoring.hpp"
 #include "moe/kernels/top_k.hpp"
 #include "moe/routing.hpp"
 
@@ -58,7 +58,7 @@ class ExpertChoiceGate {
     const Index T = x.rows(), E = num_experts(), C = capacity(T);
     plan.reset(T, E, E);
     router_.project(x, plan.logits, "ExpertChoiceGate::route");
-    kernels::softmax_rows<S>(plan.logits, plan.scores);
+    scoring::softmax_rows<S>(plan.logits, plan.scores);
     if (C == 0) return;
     column_.resize(T);
     chosen_.resize(static_cast<std::size_t>(C));
@@ -81,16 +81,20 @@ class ExpertChoiceGate {
   void collect_parameters(const std::string& prefix, ParameterList<S>& out) { router_.collect_parameters(prefix, out); }
 
   // See the TrainableGate concept. weight(t, e) = scores(t, e) for the chosen (t, e), so
-  //   d_logits += softmax backward of d_weight (zero on empty slots). The choice gets no gradient.
+  //   d_logits += softmax backward of d_scores and of d_weight (zero on empty slots). The choice
+  //   gets no gradient.
   void backward(ConstMatrixRef<S> x, const RoutingPlan<S>& plan, const RouterGradients<S>& grads, MatrixRef<S> d_x,
                 Gradients& param_grads) {
+    detail::check_dim("ExpertChoiceGate::backward", "d_x.rows()", d_x.rows(), "x.rows()", x.rows());
     d_logits_ = grads.d_logits;
     d_scores_.resize(num_experts());
     for (Index t = 0; t < x.rows(); ++t) {
       for (Index e = 0; e < num_experts(); ++e)
         d_scores_[e] = plan.expert(t, e) == kEmptySlot ? S(0) : grads.d_weight(t, e);
       auto row = d_logits_.row(t);
-      kernels::softmax_backward_add(plan.scores.row(t), d_scores_.transpose(), row);
+      scoring::add_scores_backward(Scoring::softmax, plan.scores.row(t).data(), grads.d_scores.row(t).data(),
+                                   num_experts(), row.data());
+      scoring::softmax_backward_add(plan.scores.row(t), d_scores_.transpose(), row);
     }
     router_.backward(x, d_logits_, d_x, param_grads.router_);
   }

@@ -5,7 +5,7 @@
 
 #include "moe/errors.hpp"
 #include "moe/random.hpp"
-#include "moe/train/parameters.hpp"
+#include "moe/parameters.hpp"
 #include "moe/types.hpp"
 
 #include <stdexcept>
@@ -44,12 +44,12 @@ class Router {
         MOE_THROW(std::domain_error(detail::concat(who, ": router logits of token ", t, " are not finite")));
   }
 
-  // d_x = d_logits·Wg (overwritten); grads.weight += d_logitsᵀ·x; grads.bias += Σ_t d_logits.
+  // d_x += d_logits·Wg; grads.weight += d_logitsᵀ·x; grads.bias += Σ_t d_logits (all accumulated).
   //   x: [T, d_model] (what the router saw);  d_logits: [T, E];  d_x: [T, d_model]
   void backward(ConstMatrixRef<S> x, ConstMatrixRef<S> d_logits, MatrixRef<S> d_x, Router& grads) const {
     grads.weight_.noalias() += d_logits.transpose() * x;
     if (has_bias_) grads.bias_ += d_logits.colwise().sum().transpose();
-    d_x.noalias() = d_logits * weight_;
+    d_x.noalias() += d_logits * weight_;
   }
 
   // A router of the same shape with every parameter zero (its gradients).

@@ -10,7 +10,7 @@
 
 #include "moe/gating/capacity.hpp"
 #include "moe/gating/router.hpp"
-#include "moe/kernels/softmax.hpp"
+#include "moe/gating/scoring.hpp"
 #include "moe/kernels/top_k.hpp"
 #include "moe/routing.hpp"
 
@@ -21,12 +21,6 @@
 #include <vector>
 
 namespace moe {
-
-enum class Scoring {
-  softmax,           // scores = softmax(logits); weights = the selected scores
-  sigmoid,           // scores = σ(logits) (DeepSeek-V3); weights = the selected scores
-  softmax_selected,  // select by logits; weights = softmax over the k selected logits
-};
 
 // How a group of experts is ranked in group-limited routing.
 enum class GroupScore {
@@ -87,10 +81,7 @@ class TopKGate {
     }
     if (training && config_.noisy) add_noise(x, plan);
 
-    if (config_.scoring == Scoring::sigmoid)
-      kernels::sigmoid<S>(plan.logits, plan.scores);
-    else
-      kernels::softmax_rows<S>(plan.logits, plan.scores);
+    scoring::score_rows<S>(config_.scoring, plan.logits, plan.scores);
 
     choice_.resize(E);
     for (Index t = 0; t < T; ++t) select(plan, t);
@@ -115,27 +106,37 @@ class TopKGate {
     add_parameter(out, prefix, "noise_weight", noise_weight_);
   }
 
-  // See the TrainableGate concept. Through the combine weights (scale, normalisation, softmax or
-  // sigmoid; only the selected experts), plus grads.d_logits; noisy gating adds the path through
-  // softplus(x·W_noiseᵀ) (softplus' = 1 − e^{−softplus}); jitter scales the router's d_x.
+  // See the TrainableGate concept. Through the scores (grads.d_scores) and the combine weights
+  // (scale, normalisation, softmax or sigmoid; only the selected experts), plus grads.d_logits;
+  // noisy gating adds the path through softplus(x·W_noiseᵀ) (softplus' = 1 − e^{−softplus});
+  // jitter scales the router's d_x.
   void backward(ConstMatrixRef<S> x, const RoutingPlan<S>& plan, const RouterGradients<S>& grads, MatrixRef<S> d_x,
                 Gradients& param_grads) {
+    detail::check_dim("TopKGate::backward", "d_x.rows()", d_x.rows(), "x.rows()", x.rows());
     d_logits_ = grads.d_logits;
-    for (Index t = 0; t < x.rows(); ++t) weight_backward(plan, grads, t);
+    for (Index t = 0; t < x.rows(); ++t) {
+      scoring::add_scores_backward(config_.scoring, plan.scores.row(t).data(), grads.d_scores.row(t).data(),
+                                   num_experts(), d_logits_.row(t).data());
+      weight_backward(plan, grads, t);
+    }
+    if (!plan.jittered && !plan.noisy) return router_.backward(x, d_logits_, d_x, param_grads.router_);
+    // d_x += (router part ⊙ jitter + noise part), summed here first.
+    d_x_.setZero(x.rows(), x.cols());
     if (plan.jittered) {
       jittered_ = x.cwiseProduct(plan.jitter);
-      router_.backward(jittered_, d_logits_, d_x, param_grads.router_);
-      d_x.array() *= plan.jitter.array();
+      router_.backward(jittered_, d_logits_, d_x_, param_grads.router_);
+      d_x_.array() *= plan.jitter.array();
     } else {
-      router_.backward(x, d_logits_, d_x, param_grads.router_);
+      router_.backward(x, d_logits_, d_x_, param_grads.router_);
     }
     if (plan.noisy) {
       d_noise_ = d_logits_.cwiseProduct(plan.noise);
       if (grads.d_noise_std.size() > 0) d_noise_ += grads.d_noise_std;
       d_noise_.array() *= S(1) - (-plan.noise_std.array()).exp();
       param_grads.noise_weight_.noalias() += d_noise_.transpose() * x;
-      d_x.noalias() += d_noise_ * noise_weight_;
+      d_x_.noalias() += d_noise_ * noise_weight_;
     }
+    d_x += d_x_;
   }
 
   Router<S>& router() { return router_; }
@@ -194,13 +195,10 @@ class TopKGate {
     const Index k = config_.top_k;
     const std::int32_t* ids = plan.expert.row(t).data();
     const S scale = S(config_.scale);
-    auto d_z = d_logits_.row(t);
-    if (config_.scoring == Scoring::softmax_selected) {
-      S dot = 0;  // ⟨d_p, p⟩ with p = w / scale, d_p = scale · d_w
-      for (Index j = 0; j < k; ++j) dot += grads.d_weight(t, j) * plan.weight(t, j);
-      for (Index j = 0; j < k; ++j) d_z[ids[j]] += plan.weight(t, j) * (grads.d_weight(t, j) - dot / scale);
-      return;
-    }
+    S* const d_z = d_logits_.row(t).data();
+    if (config_.scoring == Scoring::softmax_selected)
+      return scoring::add_softmax_selected_backward(plan.weight.row(t).data(), grads.d_weight.row(t).data(), ids, k,
+                                                    scale, d_z);
     // d_p_j for the selected scores p_j; normalised: w̃_j = p_j / D, d_p_j = (d_w̃_j − ⟨d_w̃, w̃⟩) / D.
     d_selected_.resize(k);
     if (config_.normalize) {
@@ -212,17 +210,8 @@ class TopKGate {
     } else {
       for (Index j = 0; j < k; ++j) d_selected_[j] = scale * grads.d_weight(t, j);
     }
-    if (config_.scoring == Scoring::sigmoid) {
-      for (Index j = 0; j < k; ++j) {
-        const S s = plan.scores(t, ids[j]);
-        d_z[ids[j]] += d_selected_[j] * s * (S(1) - s);
-      }
-    } else {  // softmax over all experts: d_z = s ⊙ (d_s − ⟨d_s, s⟩), d_s zero off the selection
-      S dot = 0;
-      for (Index j = 0; j < k; ++j) dot += d_selected_[j] * plan.scores(t, ids[j]);
-      d_z -= dot * plan.scores.row(t);
-      for (Index j = 0; j < k; ++j) d_z[ids[j]] += d_selected_[j] * plan.scores(t, ids[j]);
-    }
+    scoring::add_selected_scores_backward(config_.scoring, plan.scores.row(t).data(), ids, d_selected_.data(), k,
+                                          num_experts(), d_z);
   }
 
   // Fills the k slots of token t from plan.logits/plan.scores.
@@ -239,7 +228,7 @@ class TopKGate {
     S* w = plan.weight.row(t).data();
     if (by_logits) {
       for (Index j = 0; j < k; ++j) w[j] = plan.logits(t, ids[j]);
-      kernels::softmax_inplace(w, k);
+      scoring::softmax_inplace(w, k);
     } else {
       S sum = 0;
       for (Index j = 0; j < k; ++j) sum += (w[j] = plan.scores(t, ids[j]));
@@ -277,7 +266,7 @@ class TopKGate {
   RowMatrix<S> noise_weight_;
   Generator noise_rng_;
   // Scratch reused across calls so that the steady state does not allocate.
-  RowMatrix<S> jittered_, d_logits_, d_noise_;
+  RowMatrix<S> jittered_, d_logits_, d_noise_, d_x_;
   Vector<S> d_selected_;
   Vector<S> choice_, group_value_;
   std::vector<std::int32_t> group_ids_;

@@ -112,8 +112,7 @@ class LayerTensors {
 
   template <class... Parts>
   [[noreturn]] void fail(std::string_view relative, const Parts&... what) const {
-    MOE_THROW(io_error(concat(file_.origin(), ": tensor '", prefix_, relative, "': ", what...)));
-    std::abort();
+    moe::detail::raise(io_error(concat(file_.origin(), ": tensor '", prefix_, relative, "': ", what...)));
   }
 
   bool has(std::string_view relative) const { return file_.contains(prefix_ + std::string(relative)); }

@@ -63,8 +63,7 @@ class MetadataReader {
   }
   template <class... Parts>
   [[noreturn]] void fail(const std::string& key, const Parts&... what) const {
-    MOE_THROW(io_error(concat(file_.origin(), ": __metadata__ \"", key, "\": ", what...)));
-    std::abort();
+    moe::detail::raise(io_error(concat(file_.origin(), ": __metadata__ \"", key, "\": ", what...)));
   }
 
  private:

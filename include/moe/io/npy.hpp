@@ -10,8 +10,8 @@
 // those of numpy.save for the same array (header padded so the data starts at a multiple of 64).
 #pragma once
 
-#include "moe/detail/file_bytes.hpp"
-#include "moe/detail/npy_header.hpp"
+#include "moe/io/detail/file_bytes.hpp"
+#include "moe/io/detail/npy_header.hpp"
 #include "moe/errors.hpp"
 #include "moe/io/dtype.hpp"
 #include "moe/types.hpp"
@@ -63,11 +63,10 @@ class NpyFile {
   template <class S>
   void read_rows(MatrixRef<S> out) const {
     if (out.rows() != rows() || out.cols() != cols()) {
-      MOE_THROW(io_error(moe::detail::concat(origin_, ": shape ", moe::detail::npy_shape(shape()),
+      moe::detail::raise(io_error(moe::detail::concat(origin_, ": shape ", moe::detail::npy_shape(shape()),
                                         " reads as [", rows(), ", ", cols(),
                                         "] but the destination is [", out.rows(), ", ",
                                         out.cols(), "]")));
-      std::abort();  // only reached if MOE_THROW was overridden not to throw
     }
     if (cols() == 0) return;
     const std::size_t row_bytes = static_cast<std::size_t>(cols()) * dtype_size(dtype());

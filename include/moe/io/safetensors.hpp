@@ -16,10 +16,10 @@
 // was expected; nothing reads outside the file. See safetensors_writer.hpp for writing.
 #pragma once
 
-#include "moe/detail/file_bytes.hpp"
+#include "moe/io/detail/file_bytes.hpp"
 #include "moe/errors.hpp"
 #include "moe/io/dtype.hpp"
-#include "moe/io/json.hpp"
+#include "moe/io/detail/json.hpp"
 #include "moe/types.hpp"
 
 #include <algorithm>
@@ -62,7 +62,7 @@ struct TensorInfo {
 // A float tensor as a row-major [rows, cols] matrix: zero copy (pointing into the file's mapping,
 // which it keeps alive) when the tensor is F32 and 4-byte aligned — always so for files written by
 // moe or the reference implementation, whose header is padded to 8 bytes; otherwise a converted copy.
-class TensorView {
+class FloatTensor {
  public:
   const float* data() const { return zero_copy() ? borrowed_ : owned_.data(); }
   const std::vector<Index>& shape() const { return shape_; }
@@ -134,9 +134,9 @@ class SafetensorsFile {
     return out;
   }
 
-  TensorView view_f32(std::string_view name) const {
+  FloatTensor view_f32(std::string_view name) const {
     const TensorInfo& t = info(name);
-    TensorView view;
+    FloatTensor view;
     view.shape_ = t.shape;
     view.rows_ = t.rows();
     view.cols_ = t.cols();
@@ -166,13 +166,11 @@ class SafetensorsFile {
 
   template <class... Parts>
   [[noreturn]] void fail(std::string_view tensor, const Parts&... what) const {
-    MOE_THROW(io_error(moe::detail::concat(origin_, ": tensor '", tensor, "': ", what...)));
-    std::abort();  // only reached if MOE_THROW was overridden not to throw
+    moe::detail::raise(io_error(moe::detail::concat(origin_, ": tensor '", tensor, "': ", what...)));
   }
   template <class... Parts>
   [[noreturn]] void fail_header(const Parts&... what) const {
-    MOE_THROW(io_error(moe::detail::concat(origin_, ": safetensors header: ", what...)));
-    std::abort();
+    moe::detail::raise(io_error(moe::detail::concat(origin_, ": safetensors header: ", what...)));
   }
 
   const TensorInfo* find(std::string_view name) const {

@@ -15,11 +15,11 @@
 // BF16 via float); overflow gives ±inf, NaN stays NaN.
 #pragma once
 
-#include "moe/detail/file_bytes.hpp"
-#include "moe/detail/utf8.hpp"
+#include "moe/io/detail/file_bytes.hpp"
+#include "moe/io/detail/utf8.hpp"
 #include "moe/errors.hpp"
 #include "moe/io/dtype.hpp"
-#include "moe/io/json.hpp"
+#include "moe/io/detail/json.hpp"
 #include "moe/types.hpp"
 
 #include <algorithm>

@@ -25,6 +25,8 @@ struct LayerCache {
   bool training = false;             // filled by a training forward (backward checks it)
   RowMatrix<S> x;                    // [T, d_model]  the input (router and shared-expert backward)
   std::vector<std::uint8_t> mask;    // [T] or empty: the padding mask of the auxiliary losses
+  double aux = 0;                    // Σ of the auxiliary losses, each times its coefficient
+  RouterGradients<S> aux_grads;      // their gradients
   detail::AlignedVector<S> saved;    // each expert block's forward working memory
   std::vector<Index> saved_offset;   // [E + 1]  expert e's part of saved
   typename Shared::Cache shared;     // the shared experts' own

@@ -93,7 +93,12 @@ class SparseMoE {
     if (!mask.empty()) detail::check_dim("SparseMoE::forward", "mask.size()", Index(mask.size()), "x.rows()", rows.rows());
     forward_rows(rows, y, cache, /*training=*/true);
     cache.mask.assign(mask.begin(), mask.end());
-    return aux_losses(cache, nullptr);
+    // The auxiliary losses, once per step: their gradients wait in the cache for backward.
+    cache.aux_grads.reset(cache.plan);
+    cache.aux = std::apply(
+        [&](const auto&... loss) { return (0.0 + ... + loss.evaluate(cache.plan, cache.mask, &cache.aux_grads)); },
+        losses_);
+    return cache.aux;
   }
 
   // backward(cache, d_y, d_x, grads)
@@ -154,12 +159,9 @@ class SparseMoE {
     kernels::combine<S>(ones_, cache.dispatch, d_rows_.topRows(rows), d_x);
 
     // Router: combine weights and auxiliary losses → the gate's backward → d_x.
-    router_grads_.reset(cache.plan);
-    router_grads_.d_weight = d_weight;
-    aux_losses(cache, &router_grads_);
-    grow(d_x_router_, T, d_model());
-    gate_.backward(cache.x, cache.plan, router_grads_, d_x_router_.topRows(T), grads.gate);
-    d_x += d_x_router_.topRows(T);
+    router_grads_ = cache.aux_grads;
+    router_grads_.d_weight += d_weight;
+    gate_.backward(cache.x, cache.plan, router_grads_, d_x, grads.gate);
   }
 
   // Zero gradients shaped like the parameters.
@@ -230,7 +232,7 @@ class SparseMoE {
   }
 
   void check_cache(const Cache& cache, const char* who) const {
-    if (!cache.training) MOE_THROW(std::invalid_argument(detail::concat(who, ": the cache was not filled by a training forward")));
+    if (!cache.training) MOE_THROW(state_error(detail::concat(who, ": the cache was not filled by a training forward")));
   }
 
   int threads() const { return detail::resolve_threads(num_threads_); }
@@ -382,12 +384,6 @@ class SparseMoE {
                               static_cast<std::size_t>(cache.saved_offset[e + 1] - cache.saved_offset[e]));
   }
 
-  // Σ over the losses of coefficient · value; adds their gradients into grads when given.
-  double aux_losses(const Cache& cache, RouterGradients<S>* grads) const {
-    return std::apply([&](const auto&... loss) { return (0.0 + ... + loss.evaluate(cache.plan, cache.mask, grads)); },
-                      losses_);
-  }
-
   static void grow(RowMatrix<S>& m, Index rows, Index cols) {
     if (m.rows() < rows || m.cols() != cols) m.resize(std::max(rows, m.rows()), cols);
   }
@@ -412,7 +408,7 @@ class SparseMoE {
   std::vector<Index> active_;
   // backward's buffers
   RowMatrix<S> routed_;               // [≥ T, d_model] routed output before the shared experts
-  RowMatrix<S> d_weight_, d_out_, d_rows_, d_x_router_, ones_;
+  RowMatrix<S> d_weight_, d_out_, d_rows_, ones_;
   RouterGradients<S> router_grads_;
 };
 

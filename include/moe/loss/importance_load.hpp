@@ -31,7 +31,7 @@
 // Value at perfect balance (equal importance and equal load for every expert): 0.
 #pragma once
 
-#include "moe/detail/aux_loss.hpp"
+#include "moe/loss/detail/aux_loss.hpp"
 #include "moe/kernels/top_k.hpp"
 #include "moe/routing.hpp"
 

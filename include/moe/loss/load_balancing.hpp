@@ -10,8 +10,8 @@
 // Which slots count in f: every selected slot (expert(t, j) != kEmptySlot), dropped by capacity
 // or not — as Switch, whose expert mask is taken before the capacity cut, and HF, which has no
 // capacity at all. f is a count: no gradient flows through it (the Switch convention). The
-// gradient flows through P to the scores and, by the softmax Jacobian or the sigmoid derivative
-// (config.scoring), to plan.logits. Padding tokens (mask 0) are left out of T, f and P.
+// gradient flows through P to the scores (grads->d_scores; the gate maps it to its logits).
+// Padding tokens (mask 0) are left out of T, f and P.
 //
 // Form::hf is HF transformers' load_balancing_loss_func (Mixtral, Qwen2-MoE, ...; also flaxformer):
 //   L = E · Σ_j Σ_e f_{j,e} · P_e,   f_{j,e} = (1/T) · Σ_t 1[expert(t, j) = e]   (one f per slot rank j)
@@ -22,7 +22,7 @@
 // With sigmoid scores P is not a distribution: the balanced value is then Σ_e P_e (E/2 at logits 0).
 #pragma once
 
-#include "moe/detail/aux_loss.hpp"
+#include "moe/loss/detail/aux_loss.hpp"
 #include "moe/routing.hpp"
 
 #include <cmath>
@@ -38,7 +38,6 @@ struct LoadBalancingConfig {
   };
   // α. Switch Transformers use 1e-2 (their §2.2); HF Mixtral's router_aux_loss_coef is 1e-3.
   double coefficient = 1e-2;
-  Scoring scoring = Scoring::softmax;  // how the gate made plan.scores (softmax_selected counts as softmax)
   Form form = Form::switch_gshard;
 };
 
@@ -54,12 +53,11 @@ class LoadBalancingLoss {
   const LoadBalancingConfig& config() const { return config_; }
 
   // See the AuxLoss concept.
-  //   requires: plan from a gate whose scoring is config().scoring; mask empty or [T].
+  //   requires: plan from a gate; mask empty or [T].
   //   ensures:  returns coefficient · L (0 for T = 0 or no real token);
-  //             if grads: grads->d_logits += coefficient · ∂L/∂plan.logits (accumulated);
-  //             d_weight and d_noise_std are untouched (L does not depend on them).
-  //   throws:   shape_error if mask.size() is neither 0 nor T or grads has the wrong shape;
-  //             config_error if plan.scores is not config().scoring of plan.logits.
+  //             if grads: grads->d_scores += coefficient · ∂L/∂plan.scores (accumulated);
+  //             d_weight, d_logits and d_noise_std are untouched (L does not depend on them).
+  //   throws:   shape_error if mask.size() is neither 0 nor T or grads has the wrong shape.
   double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask,
                   RouterGradients<S>* grads) const {
     constexpr const char* who = "LoadBalancingLoss::evaluate";
@@ -67,7 +65,6 @@ class LoadBalancingLoss {
     detail::check_plan(who, plan);
     const Index counted = detail::counted_tokens(who, mask, T);
     if (grads) detail::check_gradients(who, plan, *grads, false);
-    detail::check_scoring(who, plan, config_.scoring);
     if (counted == 0 || k == 0) return 0.0;
 
     // Σ_e f_e P_e with f_e = count_e / (T·k), P_e = Σ_t s / T.
@@ -86,10 +83,9 @@ class LoadBalancingLoss {
 
     if (grads) {
       // ∂L/∂scores[t, e] = E · f_e / T for every real token t.
-      const Eigen::VectorXd d_scores = f / n;
+      const Eigen::RowVectorXd d_scores = scale * (f / n).transpose();
       for (Index t = 0; t < T; ++t)
-        if (detail::token_counts(mask, t))
-          detail::add_scores_backward(plan, config_.scoring, t, d_scores.data(), scale, grads->d_logits);
+        if (detail::token_counts(mask, t)) grads->d_scores.row(t) += d_scores;
     }
     return scale * value;
   }

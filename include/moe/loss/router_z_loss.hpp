@@ -4,15 +4,14 @@
 //   ∂L/∂z[t, e] = 2 · lse_t · softmax(z[t])_e / T
 //
 // Zoph et al. 2022, "ST-MoE: Designing Stable and Transferable Sparse Expert Models", eq. 5, with
-// c_z = 1e-3. It acts on the logits whatever the score function (softmax or sigmoid), so it needs
-// no scoring. Padding tokens (mask 0) are left out of the sum and of T.
+// c_z = 1e-3. It acts on the logits whatever the score function (softmax or sigmoid). Padding tokens (mask 0) are left out of the sum and of T.
 //
 // Not a balance loss: its value depends on the logits' scale, not on the routing. At z = 0 (the
 // uniform router) every lse is ln E and L = (ln E)²; L is 0 only where every lse is 0.
 #pragma once
 
-#include "moe/detail/aux_loss.hpp"
-#include "moe/kernels/softmax.hpp"
+#include "moe/loss/detail/aux_loss.hpp"
+#include "moe/gating/scoring.hpp"
 #include "moe/routing.hpp"
 
 #include <cmath>
@@ -55,7 +54,7 @@ class RouterZLoss {
     for (Index t = 0; t < T; ++t) {
       if (!detail::token_counts(mask, t)) continue;
       const auto z = plan.logits.row(t).template cast<double>();
-      const double lse = kernels::log_sum_exp(z);
+      const double lse = scoring::log_sum_exp(z);
       sum += lse * lse;
       if (grads)
         for (Index e = 0; e < E; ++e)

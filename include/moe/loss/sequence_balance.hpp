@@ -9,16 +9,16 @@
 // and L = mean of L_seq over the sequences that hold at least one real token.
 //
 // DeepSeek-AI 2024, "DeepSeek-V3 Technical Report", §2.1.2 eq. 17-20, with α = 1e-4 ("an extremely
-// small value"). V3 scores are sigmoid (set scoring = Scoring::sigmoid); with softmax scores s' = s.
+// small value"). V3 scores are sigmoid; with softmax scores s' = s.
 // topk(t) = the experts in the plan's slots of token t (every non-empty slot, dropped or not).
-// Padding tokens (mask 0) are left out of T_s, f and P. The gradient flows through s' and the
-// score function (config.scoring) to plan.logits.
+// Padding tokens (mask 0) are left out of T_s, f and P. The gradient flows through s' to the
+// scores (grads->d_scores; the gate maps it to its logits).
 //
 // Value at perfect balance (each sequence sends T_s·k/E slots to every expert and every token's
 // normalised scores are 1/E): f_i = 1, P_i = 1/E, L = 1 (for softmax and sigmoid alike).
 #pragma once
 
-#include "moe/detail/aux_loss.hpp"
+#include "moe/loss/detail/aux_loss.hpp"
 #include "moe/routing.hpp"
 
 #include <cmath>
@@ -30,7 +30,6 @@ namespace moe {
 struct SequenceBalanceConfig {
   double coefficient = 1e-4;           // α, DeepSeek-V3's value
   Index sequence_length = 0;           // T_s of an unpadded sequence: required, >= 1
-  Scoring scoring = Scoring::softmax;  // how the gate made plan.scores; DeepSeek-V3: sigmoid
 };
 
 template <class S>
@@ -45,14 +44,12 @@ class SequenceBalanceLoss {
   const SequenceBalanceConfig& config() const { return config_; }
 
   // See the AuxLoss concept.
-  //   requires: plan from a gate whose scoring is config().scoring; T a multiple of
-  //             sequence_length; mask empty or [T].
+  //   requires: plan from a gate; T a multiple of sequence_length; mask empty or [T].
   //   ensures:  returns coefficient · L (0 for T = 0 or no real token);
-  //             if grads: grads->d_logits += coefficient · ∂L/∂plan.logits (accumulated);
-  //             d_weight and d_noise_std are untouched.
+  //             if grads: grads->d_scores += coefficient · ∂L/∂plan.scores (accumulated);
+  //             d_weight, d_logits and d_noise_std are untouched.
   //   throws:   shape_error if T is not a multiple of sequence_length, if mask.size() is neither
-  //             0 nor T, or grads has the wrong shape; config_error if plan.scores is not
-  //             config().scoring of plan.logits.
+  //             0 nor T, or grads has the wrong shape.
   double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask,
                   RouterGradients<S>* grads) const {
     constexpr const char* who = "SequenceBalanceLoss::evaluate";
@@ -64,7 +61,6 @@ class SequenceBalanceLoss {
                                            " but must be a multiple of sequence_length = ", L)));
     detail::counted_tokens(who, mask, T);
     if (grads) detail::check_gradients(who, plan, *grads, false);
-    detail::check_scoring(who, plan, config_.scoring);
     if (T == 0 || k == 0 || E == 0) return 0.0;
 
     // The mean runs over the sequences that hold a real token: count them first, so that the
@@ -103,7 +99,7 @@ class SequenceBalanceLoss {
         const double sum = row_sum(plan, t);
         const double dot = g.dot(plan.scores.row(t).transpose().template cast<double>()) / sum;
         d_scores = (g.array() - dot) / sum;
-        detail::add_scores_backward(plan, config_.scoring, t, d_scores.data(), scale, grads->d_logits);
+        grads->d_scores.row(t) += scale * d_scores.transpose();
       }
     }
     return scale * total;

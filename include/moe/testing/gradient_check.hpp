@@ -13,7 +13,7 @@
 #include "moe/concepts.hpp"
 #include "moe/errors.hpp"
 #include "moe/random.hpp"
-#include "moe/train/parameters.hpp"
+#include "moe/parameters.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -71,7 +71,7 @@ inline void record(GradCheckResult& result, std::ostream& log, const std::string
 }
 
 // Writes the (up to 5) entries with the largest |analytic − numeric|.
-inline void log_worst_entries(std::ostream& log, const std::string& indent, const TensorView<double>& analytic,
+inline void log_worst_entries(std::ostream& log, const std::string& indent, const ParameterView<double>& analytic,
                               const std::vector<double>& numeric) {
   const auto a = analytic.values();
   std::vector<std::size_t> order(a.size());
@@ -144,7 +144,7 @@ inline void merge(GradCheckResult& into, const GradCheckResult& part) {
 }
 
 // Rows [begin, end) of a [rows, cols] tensor, under the same name + suffix.
-inline TensorView<double> row_block(const TensorView<double>& t, Index begin, Index end, const std::string& suffix) {
+inline ParameterView<double> row_block(const ParameterView<double>& t, Index begin, Index end, const std::string& suffix) {
   return {t.name + suffix, t.data + begin * t.cols, end - begin, t.cols};
 }
 

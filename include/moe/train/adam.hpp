@@ -14,9 +14,9 @@
 //   auto adamw = moe::adamw<float>({.lr = 3e-4, .weight_decay = 0.01});
 #pragma once
 
-#include "moe/detail/optimizer_state.hpp"
+#include "moe/train/detail/optimizer_state.hpp"
 #include "moe/errors.hpp"
-#include "moe/train/parameters.hpp"
+#include "moe/parameters.hpp"
 
 #include <cmath>
 #include <cstddef>

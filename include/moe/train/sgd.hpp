@@ -10,9 +10,9 @@
 //   sgd.step(layer.parameters(), grads);  moe::zero(grads);
 #pragma once
 
-#include "moe/detail/optimizer_state.hpp"
+#include "moe/train/detail/optimizer_state.hpp"
 #include "moe/errors.hpp"
-#include "moe/train/parameters.hpp"
+#include "moe/parameters.hpp"
 
 #include <cstddef>
 

@@ -9,7 +9,7 @@
 // Errors are moe::io_error "<origin>: JSON at byte <offset>: <what was expected>".
 #pragma once
 
-#include "moe/detail/utf8.hpp"
+#include "moe/io/detail/utf8.hpp"
 #include "moe/errors.hpp"
 
 #include <algorithm>
@@ -122,8 +122,7 @@ class JsonParser {
     fail_here(concat(expected, " but found ", found));
   }
   [[noreturn]] void fail_here(std::string_view what) const {
-    MOE_THROW(io_error(concat(origin_, ": JSON at byte ", pos_, ": ", what)));
-    std::abort();  // only reached if MOE_THROW was overridden not to throw
+    moe::detail::raise(io_error(concat(origin_, ": JSON at byte ", pos_, ": ", what)));
   }
 
   bool at(char c) const { return pos_ < s_.size() && s_[pos_] == c; }

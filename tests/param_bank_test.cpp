@@ -1,6 +1,6 @@
 // ParamBank: one contiguous, 64-byte aligned block [num_experts, rows, cols] with a row-major
 // view per expert, and torch.nn.Linear's seeded U(±1/√fan_in) initialisation.
-#include <moe/experts/param_bank.hpp>
+#include <moe/param_bank.hpp>
 
 #include "support/compare.hpp"
 

@@ -1,4 +1,4 @@
-#include <moe/io/json.hpp>
+#include <moe/io/detail/json.hpp>
 
 #include <gtest/gtest.h>
 

@@ -4,7 +4,7 @@
 #pragma once
 
 #include "moe/errors.hpp"
-#include "moe/train/parameters.hpp"
+#include "moe/parameters.hpp"
 
 #include <cmath>
 #include <cstddef>

@@ -78,8 +78,7 @@ class NpyHeaderParser {
 
  private:
   [[noreturn]] void fail(std::string_view what) const {
-    MOE_THROW(io_error(concat(origin_, ": .npy header at byte ", pos_, ": ", what)));
-    std::abort();  // only reached if MOE_THROW was overridden not to throw
+    moe::detail::raise(io_error(concat(origin_, ": .npy header at byte ", pos_, ": ", what)));
   }
   bool at(char c) const { return pos_ < s_.size() && s_[pos_] == c; }
   void expect(char c, std::string_view what) {

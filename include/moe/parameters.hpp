@@ -9,7 +9,7 @@
 #pragma once
 
 #include "moe/errors.hpp"
-#include "moe/experts/param_bank.hpp"
+#include "moe/param_bank.hpp"
 #include "moe/types.hpp"
 
 #include <cmath>
@@ -20,7 +20,7 @@
 namespace moe {
 
 template <class S>
-struct TensorView {
+struct ParameterView {
   std::string name;  // e.g. "gate.weight", "experts.w1" (a bank: [E·rows, cols])
   S* data = nullptr;
   Index rows = 0, cols = 0;
@@ -31,18 +31,18 @@ struct TensorView {
 };
 
 template <class S>
-using ParameterList = std::vector<TensorView<S>>;
+using ParameterList = std::vector<ParameterView<S>>;
 
 template <class S>
-TensorView<S> view(std::string name, RowMatrix<S>& m) {
+ParameterView<S> view(std::string name, RowMatrix<S>& m) {
   return {std::move(name), m.data(), m.rows(), m.cols()};
 }
 template <class S>
-TensorView<S> view(std::string name, Vector<S>& v) {
+ParameterView<S> view(std::string name, Vector<S>& v) {
   return {std::move(name), v.data(), 1, v.size()};
 }
 template <class S>
-TensorView<S> view(std::string name, ParamBank<S>& bank) {
+ParameterView<S> view(std::string name, ParamBank<S>& bank) {
   return {std::move(name), bank.all().data(), bank.num_experts() * bank.rows(), bank.cols()};
 }
 

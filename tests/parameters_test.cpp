@@ -1,5 +1,5 @@
 // Parameter views: what they point at, the matching check, zeroing, the global norm and clipping.
-#include <moe/train/parameters.hpp>
+#include <moe/parameters.hpp>
 
 #include "support/compare.hpp"
 
