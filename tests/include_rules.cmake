@@ -16,7 +16,7 @@ set(include_dir "${ROOT}/include")
 function(floor_of path out)
   set(floors
     "0:moe/(version|errors|types|random|routing|param_bank|parameters|concepts)\\.hpp$"
-    "1:moe/detail/"
+    "0:moe/detail/"
     "2:moe/kernels/"
     "2:moe/io/(dtype|npy|safetensors|safetensors_writer)\\.hpp$"
     "2:moe/io/detail/"

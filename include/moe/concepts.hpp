@@ -69,40 +69,6 @@ concept TrainableExpert =
       grads.collect_parameters(prefix, list);
     };
 
-// An Expert with the layer's fast path (GatedExpert and FfnExpert have one): weights prepacked for the
-// micro-kernel (kernels/gemm.hpp) and a forward in two phases the layer splits into
-// (expert × panel range) work items over its threads.
-//
-// prepack(e): packs expert e's weights unless already packed (calls for different e may run
-//   concurrently); weights_changed(): drops every packed copy. work_size(n): the scalars of `work`
-//   below for a block of n rows.
-// forward_up(e, n, packed_x, p_begin, p_end, work, memory, keep):
-//   requires: packed_x = kernels::pack_a of the block x [n, d_model()]; memory: the block's working
-//             memory of scratch_size(n) scalars; work: work_size(n) scalars of this thread. Expert e
-//             prepacked or not (then each panel is packed as it is used: training).
-//   ensures:  the hidden units of up panels [p_begin, p_end) are in hidden(memory) [n, d_ff()]
-//             row-major; with keep, memory also holds what backward() reads.
-// forward_down(e, n, packed_h, p_begin, p_end, work, scale, y):
-//   requires: packed_h = kernels::pack_a of hidden(memory) after every up panel ran.
-//   ensures:  the outputs of down panels [p_begin, p_end) of y [n, d_model()] = scale[i] ·
-//             expert_e(x)[i] (scale null: 1), the same values as forward() up to rounding, and
-//             the same bits whether e was prepacked or not.
-template <class X>
-concept PackedExpert =
-    Expert<X> && requires(X& expert, const X& const_expert, Index e, Index n, const typename X::Scalar* in,
-                          typename X::Scalar* out, std::span<typename X::Scalar> memory,
-                          MatrixRef<typename X::Scalar> y) {
-      { const_expert.d_ff() } -> std::convertible_to<Index>;
-      { const_expert.up_panels() } -> std::convertible_to<Index>;
-      { const_expert.down_panels() } -> std::convertible_to<Index>;
-      { const_expert.work_size(n) } -> std::convertible_to<Index>;
-      expert.prepack(e);
-      expert.weights_changed();
-      const_expert.forward_up(e, n, in, e, e, out, memory, true);
-      { const_expert.hidden(memory, n) } -> std::same_as<typename X::Scalar*>;
-      const_expert.forward_down(e, n, in, e, e, out, in, y);
-    };
-
 // A Gate decides, for each token, which experts it goes to and with which weight.
 //
 // route(x, plan, mode)

@@ -1,4 +1,4 @@
-// Errors thrown at the library's public boundary (DESIGN.md §7).
+// Errors thrown at the library's public boundary (docs/architecture.md §9).
 //
 // Every message names its origin, the offending quantity and both numbers:
 //   "SparseMoE::forward: x.cols() = 512 but d_model = 1024"

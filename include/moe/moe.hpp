@@ -16,6 +16,7 @@
 #include "moe/experts/ffn.hpp"
 #include "moe/experts/gated.hpp"
 #include "moe/experts/linear.hpp"
+#include "moe/experts/packed_expert.hpp"
 
 #include "moe/gating/capacity.hpp"
 #include "moe/gating/dense_gate.hpp"
@@ -29,6 +30,10 @@
 #include "moe/loss/mixture.hpp"
 #include "moe/loss/router_z_loss.hpp"
 #include "moe/loss/sequence_balance.hpp"
+
+#include "moe/dispatch/expert_batch.hpp"
+#include "moe/dispatch/local_exchange.hpp"
+#include "moe/dispatch/runner.hpp"
 
 #include "moe/layer/layer_cache.hpp"
 #include "moe/layer/routing_stats.hpp"

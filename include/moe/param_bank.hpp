@@ -1,5 +1,5 @@
 // ParamBank: the same parameter of every expert of a layer, in one contiguous 64-byte-aligned
-// block [num_experts, rows, cols] (DESIGN.md §3). Expert e's matrix is a row-major Map view.
+// block [num_experts, rows, cols] (docs/architecture.md §3). Expert e's matrix is a row-major Map view.
 #pragma once
 
 #include "moe/detail/aligned_allocator.hpp"

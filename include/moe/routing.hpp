@@ -1,4 +1,4 @@
-// What a gate decides and how the layer acts on it (DESIGN.md §4).
+// What a gate decides and how the layer acts on it (docs/architecture.md §4).
 //
 //   RoutingPlan  — per token: which experts (slots [T, k]), with which weights, and the router's
 //                  logits and scores [T, E] that backward and the losses need.

@@ -1,4 +1,4 @@
-// The vocabulary types: token matrices are row-major [T, d_model] (DESIGN.md §3).
+// The vocabulary types: token matrices are row-major [T, d_model] (docs/architecture.md §3).
 #pragma once
 
 #include <Eigen/Core>

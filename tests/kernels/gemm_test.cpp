@@ -1,7 +1,10 @@
 // kernels/gemm.hpp: the packed products against a plain triple loop in double, on shapes that are
 // not multiples of the micro-kernel's tile (kMR × kNR) nor of the depth block (kKC), with both
 // operand layouts the experts use (row-major and transposed).
+#include <moe/detail/aligned_allocator.hpp>
 #include <moe/kernels/gemm.hpp>
+#include <moe/kernels/packed_product.hpp>
+#include <moe/kernels/packing.hpp>
 
 #include "support/compare.hpp"
 
@@ -152,7 +155,7 @@ class PackedProduct {
   }
   Index panels() const { return moe::kernels::num_panels<S>(n_); }
   void multiply(Index p_begin, Index p_end, RowMatrix<S>& c) {
-    moe::kernels::multiply_packed<S>(m_, depth_, pa_.data(), pb_.data(), p_begin, p_end, tiles_.data(),
+    moe::kernels::multiply_packed<moe::kernels::NativeFormat<S>>(m_, depth_, pa_.data(), pb_.data(), p_begin, p_end, tiles_.data(),
                                      [&](Index i0, Index mr, Index p, const S* tile) {
       for (Index i = 0; i < mr; ++i)
         for (Index j = p * kNR; j < std::min(n_, (p + 1) * kNR); ++j) c(i0 + i, j) = tile[i * kNR + j - p * kNR];
@@ -210,7 +213,7 @@ TYPED_TEST(GemmTest, NoRowsStoresNothing) {
   const std::vector<S> pb(static_cast<std::size_t>(panels * depth * Blocking<S>::kNR), S(1));
   std::vector<S> tiles(1);
   int stores = 0;
-  moe::kernels::multiply_packed<S>(0, depth, nullptr, pb.data(), 0, panels, tiles.data(),
+  moe::kernels::multiply_packed<moe::kernels::NativeFormat<S>>(0, depth, nullptr, pb.data(), 0, panels, tiles.data(),
                                    [&](Index, Index, Index, const S*) { ++stores; });
   EXPECT_EQ(stores, 0);
 }
@@ -226,7 +229,7 @@ TYPED_TEST(GemmTest, StreamRowsCopiesExactlyTheRowsWhateverTheAlignment) {
     SCOPED_TRACE(testing::Message() << "offset " << offset << ", stride " << stride);
     moe::detail::AlignedVector<S> to(static_cast<std::size_t>(offset + rows * stride), S(-3));
     moe::kernels::stream_rows<S>(from.data() + P, 2 * P, rows, to.data() + offset, stride);
-    moe::kernels::stream_fence();
+    moe::kernels::simd::stream_fence();
     for (Index i = 0; i < offset + rows * stride; ++i) {
       const Index row = (i - offset) / stride, column = (i - offset) % stride;
       const bool written = i >= offset && column < P;

@@ -1,4 +1,4 @@
-// The workspace (DESIGN.md §4): after the first call at a given shape, neither the inference forward
+// The workspace (docs/architecture.md §4): after the first call at a given shape, neither the inference forward
 // nor a training step allocates. Counted by interposing glibc's allocation functions in this test
 // executable (Eigen allocates with malloc, and operator new ends there too); they count, then call
 // glibc's own. Not under AddressSanitizer, which interposes them itself.

@@ -1,4 +1,4 @@
-// Determinism (DESIGN.md §4): the same inputs give the same bits on every run and for any thread
+// Determinism (docs/architecture.md §8): the same inputs give the same bits on every run and for any thread
 // count, and top-k ties go to the lower expert index. Also the threading the claim rests on:
 // detail::parallel_for, and the layer really running its work on the threads it was given.
 #include "layer/layer_cases.hpp"

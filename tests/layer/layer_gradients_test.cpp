@@ -157,7 +157,7 @@ TEST(SparseMoEGrad, MixtureLossesOfTheDenseGate) {
     decltype(layer)::Cache cache;
     RowMatrix<double> y(kTokens, kModel), d_x(kTokens, kModel);
     layer.forward(x, y, cache);
-    RowMatrix<double> d_out(cache.dispatch.num_rows(), kModel), d_weight(kTokens, kExperts);
+    RowMatrix<double> d_out(cache.experts.batch.num_rows(), kModel), d_weight(kTokens, kExperts);
     moe::mixture_loss<double>(kind, cache, target, d_out, d_weight);
     auto grads = layer.make_gradients();
     layer.backward_experts(cache, d_out, d_weight, d_x, grads);
@@ -167,9 +167,9 @@ TEST(SparseMoEGrad, MixtureLossesOfTheDenseGate) {
     analytic.push_back(moe::view("x", d_x));
     const auto loss = [&] {
       decltype(layer)::Cache step;
-      RowMatrix<double> step_y(kTokens, kModel), o(step.dispatch.num_rows(), kModel), w(kTokens, kExperts);
+      RowMatrix<double> step_y(kTokens, kModel), o(step.experts.batch.num_rows(), kModel), w(kTokens, kExperts);
       layer.forward(x, step_y, step);
-      o.resize(step.dispatch.num_rows(), kModel);
+      o.resize(step.experts.batch.num_rows(), kModel);
       return moe::mixture_loss<double>(kind, step, target, o, w);
     };
     const auto result = moe::testing::check_gradients(loss, params, analytic);
@@ -186,7 +186,7 @@ TEST(SparseMoEGrad, MixtureLossValuesMatchTheirDefinitions) {
   decltype(layer)::Cache cache;
   RowMatrix<double> y(kTokens, kModel);
   layer.forward(x, y, cache);
-  RowMatrix<double> d_out(cache.dispatch.num_rows(), kModel), d_weight(kTokens, kExperts);
+  RowMatrix<double> d_out(cache.experts.batch.num_rows(), kModel), d_weight(kTokens, kExperts);
   double cooperative = 0, competitive = 0, likelihood = 0;
   for (Index t = 0; t < kTokens; ++t) {
     cooperative += (target.row(t) - y.row(t)).squaredNorm();

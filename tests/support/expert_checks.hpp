@@ -1,10 +1,10 @@
 // Contracts that every expert of the library meets in the same way, checked the same way: the
-// scratch its backward asks for, and the layer's fast path (the PackedExpert concept).
+// scratch its backward asks for, and the fast path (the PackedExpert concept).
 #pragma once
 
 #include <moe/concepts.hpp>
 #include <moe/errors.hpp>
-#include <moe/kernels/gemm.hpp>
+#include <moe/experts/packed_expert.hpp>
 #include <moe/parameters.hpp>
 
 #include "support/compare.hpp"
@@ -60,17 +60,21 @@ void check_backward_scratch(const X& expert, Index e, Index n) {
     EXPECT_TRUE(std::equal(sums[i].values().begin(), sums[i].values().end(), sums_two[i].values().begin())) << sums[i].name;
 }
 
-// Expert e of `expert` (d_model d, d_ff f) on n rows, through forward_up and forward_down split into
-// two panel ranges each: the same bits from prepacked weights and from panels packed as they are
-// used (training), and close to forward() — the output, and the working memory kept for backward
-// (which forward() fills too). Ragged sizes (rows past a tile, units past a panel) are the caller's.
-template <class X>
+// Expert e of `expert` (d_model d) on n rows, through forward_up and forward_down split into two
+// panel ranges each, the expert packing its own input and hidden rows: the same bits from
+// prepacked weights and from panels packed as they are used (training), and close to forward() —
+// the output, and the working memory kept for backward (which forward() fills too). Ragged sizes
+// (rows past a tile, units past a panel) are the caller's.
+template <PackedExpert X>
 void check_packed_path(X& expert, Index e, Index n) {
   using S = typename X::Scalar;
-  const Index d = expert.d_model(), f = expert.d_ff();
+  using Input = typename X::Format::Input;
+  const Index d = expert.d_model();
   const RowMatrix<S> x = random_matrix<S>(n, d, 3);
-  std::vector<S> packed_x(static_cast<std::size_t>(n * d)), packed_h(static_cast<std::size_t>(n * f)), work = nan_scratch<S>(expert.work_size(n));
-  kernels::pack_a<S>(kernels::strided<S>(x), n, d, packed_x.data());
+  std::vector<Input> packed_x(static_cast<std::size_t>(expert.packed_input_size(n))),
+      packed_h(static_cast<std::size_t>(expert.packed_hidden_size(n)));
+  std::vector<S> work = nan_scratch<S>(expert.work_size(n));
+  expert.pack_input(x, packed_x.data());
   const auto run = [&](bool prepacked) {
     expert.weights_changed();
     if (prepacked) expert.prepack(e);
@@ -79,7 +83,7 @@ void check_packed_path(X& expert, Index e, Index n) {
     const Index up = expert.up_panels(), down = expert.down_panels();
     expert.forward_up(e, n, packed_x.data(), 0, up / 2, work.data(), memory, /*keep=*/true);
     expert.forward_up(e, n, packed_x.data(), up / 2, up, work.data(), memory, /*keep=*/true);
-    kernels::pack_a<S>(kernels::Strided<S>{expert.hidden(memory, n), f, 1}, n, f, packed_h.data());
+    expert.pack_hidden(n, memory, packed_h.data());
     expert.forward_down(e, n, packed_h.data(), 0, 1, work.data(), nullptr, y);
     expert.forward_down(e, n, packed_h.data(), 1, down, work.data(), nullptr, y);
     return std::pair{memory, y};

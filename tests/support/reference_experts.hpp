@@ -138,7 +138,7 @@ RowMatrix<double> gated_expert(const GatedExpert<S, Activation>& expert, Index e
 namespace moe::test {
 
 // EXPECTs that call() throws Error with a message containing every one of `parts`
-// (the function's name and both numbers, DESIGN.md §7).
+// (the function's name and both numbers, docs/architecture.md §9).
 template <class Error, class Call>
 void expect_throw_containing(Call&& call, std::initializer_list<std::string_view> parts) {
   try {

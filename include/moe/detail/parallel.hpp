@@ -1,6 +1,6 @@
 // The layer's own threading (OpenMP, optional). Work items are independent and write disjoint
 // memory, so results do not depend on the thread count; Eigen's own GEMM threading is kept off
-// (DESIGN.md §4), because its blocking depends on the number of threads and so would its bits.
+// (docs/architecture.md §8), because its blocking depends on the number of threads and so would its bits.
 #pragma once
 
 #include "moe/types.hpp"

@@ -5,6 +5,7 @@
 // Formulas follow torch.nn.functional (relu, gelu, gelu(approximate="tanh"), silu).
 #pragma once
 
+#include "moe/kernels/blocking.hpp"
 #include "moe/types.hpp"
 
 #include <Eigen/Core>
@@ -32,10 +33,8 @@ struct Relu {
 
 // GELU, exact form: x · Φ(x) = x/2 · (1 + erf(x/√2)). Eigen's erf is vectorised for float, a
 // rational approximation: GELU within 2e-6 of the exact value over [-12, 12]
-// (tests/experts/activations_test.cpp; std::erf per element gave 4.5e-7), and 9-18× faster than
-// std::erf in a standalone loop; for double it calls std::erf. With std::erf the activation took
-// a fifth to a quarter of a GELU FFN layer's forward (d_model 1024, d_ff 4096, T = 1024:
-// 342/347/447 → 276/320/322 ms, alternating builds).
+// (tests/experts/activations_test.cpp), where a scalar std::erf per element would be a large part
+// of a GELU layer's forward (benchmarks/README.md); for double it calls std::erf.
 struct Gelu {
   static constexpr const char* name = "gelu";
   template <class A>
@@ -97,7 +96,7 @@ struct Silu {
 // and the last partial chunk a zero-padded copy. out may be one of the inputs.
 template <class S, class Fn, class... In>
 void elementwise(Index n, S* out, Fn&& fn, const In*... in) {
-  constexpr int P = Eigen::internal::packet_traits<S>::size;
+  constexpr int P = kernels::Blocking<S>::kPacket;
   using Chunk = Eigen::Array<S, P, 1>;
   const Index whole = n / P * P;
   for (Index i = 0; i < whole; i += P) Eigen::Map<Chunk>(out + i) = fn(Eigen::Map<const Chunk>(in + i)...);

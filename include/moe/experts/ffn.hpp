@@ -4,16 +4,23 @@
 
 #include "moe/experts/activations.hpp"
 #include "moe/experts/expert_config.hpp"
-#include "moe/param_bank.hpp"
+#include "moe/experts/packed_expert.hpp"
+#include "moe/kernels/format.hpp"
 #include "moe/kernels/gemm.hpp"
+#include "moe/kernels/packed_product.hpp"
+#include "moe/param_bank.hpp"
 #include "moe/parameters.hpp"
+
+#include <algorithm>
 
 namespace moe {
 
-template <class S, class Activation>
+// F: the weight format of the fast path (kernels/format.hpp).
+template <class S, class Activation, class F = kernels::NativeFormat<S>>
 class FfnExpert {
  public:
   using Scalar = S;
+  using Format = F;
   using Gradients = FfnExpert;  // gradients have the parameters' names and shapes
 
   explicit FfnExpert(const ExpertConfig& config) : FfnExpert(config, /*zeros=*/false) {}
@@ -97,45 +104,43 @@ class FfnExpert {
   ParamBank<S>& b2() { return b2_; }
   const ParamBank<S>& b2() const { return b2_; }
 
-  // ---- The layer's fast path (the PackedExpert concept; kernels/gemm.hpp) ----
+  // ---- The fast path (the PackedExpert concept, experts/packed_expert.hpp) ----
   // As GatedExpert's, with both projections in kernels::pack_weight_panel's panels: up panel p is
   // hidden units [p·kNR, p·kNR + kNR) of x·w1ᵀ, to which b1 is added and the activation applied as
   // the tile is stored; down panel p is outputs [p·kNR, p·kNR + kNR) of h·w2ᵀ, plus b2, scaled by
   // the routing weight.
-  Index up_panels() const { return kernels::num_panels<S>(d_ff()); }
-  Index down_panels() const { return kernels::num_panels<S>(d_model()); }
-  void weights_changed() {
-    up_packed_.clear();
-    down_packed_.clear();
-  }
-
+  Index up_panels() const { return (d_ff() + kNR - 1) / kNR; }
+  Index down_panels() const { return (d_model() + kNR - 1) / kNR; }
+  void weights_changed() { packed_.clear(); }
   void prepack(Index e) {
-    up_packed_.ensure(e, up_panels() * d_model() * kNR, [&](S* out) {
-      for (Index p = 0; p < up_panels(); ++p) kernels::pack_weight_panel<S>(w1_[e], p, out + p * d_model() * kNR);
-    });
-    down_packed_.ensure(e, down_panels() * d_ff() * kNR, [&](S* out) {
-      for (Index p = 0; p < down_panels(); ++p) kernels::pack_weight_panel<S>(w2_[e], p, out + p * d_ff() * kNR);
-    });
+    packed_.ensure(e, up_panels(), d_model(), down_panels(), d_ff(),
+                   [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w1_[e], p, panel); },
+                   [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w2_[e], p, panel); });
   }
 
-  // See the PackedExpert concept: tiles for n rows, and one panel for an expert not prepacked.
-  Index work_size(Index n) const { return (n + std::max(d_model(), d_ff())) * kNR; }
+  Index work_size(Index n) const { return kernels::bank_work_size<F>(n, std::max(d_model(), d_ff())); }
+  Index packed_input_size(Index n) const { return F::input_size(n, d_model()); }
+  Index packed_hidden_size(Index n) const { return F::input_size(n, d_ff()); }
+  void pack_input(ConstMatrixRef<S> x, typename F::Input* packed) const {
+    F::pack_input(kernels::strided<S>(x), x.rows(), d_model(), packed);
+  }
+  // memory is forward()'s: [a | h], each [n, d_ff]; a = x·w1ᵀ + b1 is stored only when kept for
+  // backward.
+  void pack_hidden(Index n, std::span<S> memory, typename F::Input* packed) const {
+    F::pack_input(kernels::Strided<S>{hidden(memory, n), d_ff(), 1}, n, d_ff(), packed);
+  }
 
-  // See the PackedExpert concept. memory is forward()'s: [a | h], each [n, d_ff]; a = x·w1ᵀ + b1
-  // is stored only when kept for backward.
-  S* hidden(std::span<S> memory, Index n) const { return memory.data() + n * d_ff(); }
-
-  void forward_up(Index e, Index n, const S* packed_x, Index p_begin, Index p_end, S* work, std::span<S> memory,
-                  bool keep) const {
+  void forward_up(Index e, Index n, const typename F::Input* packed_x, Index p_begin, Index p_end, S* work,
+                  std::span<S> memory, bool keep) const {
     using Tile = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
     using Out = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
     const Index f = d_ff();
     S* const a = memory.data();
     S* const h = hidden(memory, n);
-    kernels::multiply_bank<S>(
-        up_packed_, e, n, d_model(), packed_x, p_begin, p_end, work,
-        [&](Index p, S* panel) { kernels::pack_weight_panel<S>(w1_[e], p, panel); },
-        [&](Index p) { return kernels::weight_panel_source<S>(w1_[e], p); }, [&](Index i0, Index mr, Index p, const S* tile) {
+    kernels::multiply_bank<F>(
+        packed_.up(), e, n, d_model(), packed_x, p_begin, p_end, work,
+        [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w1_[e], p, panel); },
+        [&](Index p) { return kernels::weight_panel_source<F>(w1_[e], p); }, [&](Index i0, Index mr, Index p, const S* tile) {
       const Index unit = p * kNR, units = std::min<Index>(kNR, f - unit), at = i0 * f + unit;
       const Tile t(tile, mr, units, Eigen::OuterStride<>(kNR));
       if (config_.bias) {
@@ -149,23 +154,23 @@ class FfnExpert {
       if (!keep) return;
       if (units == kNR) {  // read again only by backward: past the caches
         kernels::stream_rows<S>(tile, kNR, mr, a + at, f);
-        kernels::stream_rows<S>(tile + kPacket, kNR, mr, a + at + kPacket, f);
+        kernels::stream_rows<S>(tile + kNR / 2, kNR, mr, a + at + kNR / 2, f);
         return;
       }
       Out(a + at, mr, units, Eigen::OuterStride<>(f)) = t;
     });
-    if (keep) kernels::stream_fence();
+    if (keep) kernels::simd::stream_fence();
   }
 
-  // See the PackedExpert concept: y = scale ⊙ (h·w2ᵀ + b2).
-  void forward_down(Index e, Index n, const S* packed_h, Index p_begin, Index p_end, S* work, const S* scale,
-                    MatrixRef<S> y) const {
+  // y = scale ⊙ (h·w2ᵀ + b2).
+  void forward_down(Index e, Index n, const typename F::Input* packed_h, Index p_begin, Index p_end, S* work,
+                    const S* scale, MatrixRef<S> y) const {
     const S* const b2 = config_.bias ? b2_[e].data() : nullptr;
-    kernels::multiply_bank<S>(
-        down_packed_, e, n, d_ff(), packed_h, p_begin, p_end, work,
-        [&](Index p, S* panel) { kernels::pack_weight_panel<S>(w2_[e], p, panel); },
-        [&](Index p) { return kernels::weight_panel_source<S>(w2_[e], p); },
-        [&](Index i0, Index mr, Index p, const S* tile) { kernels::store_output_tile<S>(y, i0, mr, p, tile, scale, b2); });
+    kernels::multiply_bank<F>(
+        packed_.down(), e, n, d_ff(), packed_h, p_begin, p_end, work,
+        [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w2_[e], p, panel); },
+        [&](Index p) { return kernels::weight_panel_source<F>(w2_[e], p); },
+        [&](Index i0, Index mr, Index p, const S* tile) { kernels::store_output_tile<F>(y, i0, mr, p, tile, scale, b2); });
   }
 
  private:
@@ -174,8 +179,7 @@ class FfnExpert {
     const Index E = config.num_experts, d = config.d_model, f = config.d_ff;
     w1_ = ParamBank<S>(E, f, d);
     w2_ = ParamBank<S>(E, d, f);
-    up_packed_ = kernels::PackedBank<S>(E);
-    down_packed_ = kernels::PackedBank<S>(E);
+    packed_ = PackedProjections<F>(E);
     if (config.bias) {
       b1_ = ParamBank<S>(E, 1, f);
       b2_ = ParamBank<S>(E, 1, d);
@@ -190,17 +194,20 @@ class FfnExpert {
     }
   }
 
-  static constexpr int kPacket = kernels::Blocking<S>::kPacket, kNR = kernels::Blocking<S>::kNR;
+  using Weight = typename F::Weight;
+  static constexpr int kNR = F::kNR;
   static constexpr auto activation = [](const auto& a) { return Activation::apply(a); };  // for elementwise()
+
+  S* hidden(std::span<S> memory, Index n) const { return memory.data() + n * d_ff(); }
 
   ExpertConfig config_;
   ParamBank<S> w1_, w2_, b1_, b2_;
-  kernels::PackedBank<S> up_packed_, down_packed_;
+  PackedProjections<F> packed_;
 };
 
-template <class S> using ReluExpert = FfnExpert<S, Relu>;
-template <class S> using GeluExpert = FfnExpert<S, Gelu>;
-template <class S> using GeluTanhExpert = FfnExpert<S, GeluTanh>;
-template <class S> using SiluExpert = FfnExpert<S, Silu>;
+template <class S, class F = kernels::NativeFormat<S>> using ReluExpert = FfnExpert<S, Relu, F>;
+template <class S, class F = kernels::NativeFormat<S>> using GeluExpert = FfnExpert<S, Gelu, F>;
+template <class S, class F = kernels::NativeFormat<S>> using GeluTanhExpert = FfnExpert<S, GeluTanh, F>;
+template <class S, class F = kernels::NativeFormat<S>> using SiluExpert = FfnExpert<S, Silu, F>;
 
 }  // namespace moe

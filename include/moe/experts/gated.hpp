@@ -5,16 +5,23 @@
 
 #include "moe/experts/activations.hpp"
 #include "moe/experts/expert_config.hpp"
-#include "moe/param_bank.hpp"
+#include "moe/experts/packed_expert.hpp"
+#include "moe/kernels/format.hpp"
 #include "moe/kernels/gemm.hpp"
+#include "moe/kernels/packed_product.hpp"
+#include "moe/param_bank.hpp"
 #include "moe/parameters.hpp"
+
+#include <algorithm>
 
 namespace moe {
 
-template <class S, class Activation>
+// F: the weight format of the fast path (kernels/format.hpp).
+template <class S, class Activation, class F = kernels::NativeFormat<S>>
 class GatedExpert {
  public:
   using Scalar = S;
+  using Format = F;
   using Gradients = GatedExpert;  // gradients have the parameters' names and shapes
 
   explicit GatedExpert(const ExpertConfig& config) : GatedExpert(config, /*zeros=*/false) {}
@@ -55,11 +62,9 @@ class GatedExpert {
   //   d_w1 += d_h1ᵀ·x, d_w3 += d_h3ᵀ·x,  d_x = d_h1·w1 + d_h3·w3.
   // Every product runs on kernels::gemm, which packs both operands block by block: unlike the
   // forward's, the backward's products by the weights read them by columns, and d_x's left operands
-  // (d_h1 and d_h3, 2·n·d_ff) are too big to be reread from cache for every weight panel
-  // (mixtral-mini T=1024, 8 experts: d_h 155 → 133 ms, d_x 269 → 241 ms against running them one
-  // weight panel at a time, as the forward does). The activation's derivative is one contiguous
-  // pass over d_h. With threads > 1 each product's columns are split over them (the same bits):
-  // for a layer with fewer experts than threads to run at once (shared experts).
+  // (d_h1 and d_h3, 2·n·d_ff) are too big to be reread from cache for every weight panel. The
+  // activation's derivative is one contiguous pass over d_h. With threads > 1 each product's
+  // columns are split over them (the same bits): for experts too few to keep every thread busy.
   void backward(Index e, ConstMatrixRef<S> x, std::span<const S> saved, ConstMatrixRef<S> d_y, MatrixRef<S> d_x,
                 Gradients& grads, std::span<S> scratch, int threads = 1) const {
     detail::check_expert_backward<S>("GatedExpert::backward", e, num_experts(), d_model(), x, d_y, d_x,
@@ -104,70 +109,69 @@ class GatedExpert {
   ParamBank<S>& w3() { return weights_changed(), w3_; }
   const ParamBank<S>& w3() const { return w3_; }
 
-  // ---- The layer's fast path (the PackedExpert concept; kernels/gemm.hpp) ----
-  // The weights are packed into the micro-kernel's panels, expert by expert on first use, and the
+  // ---- The fast path (the PackedExpert concept, experts/packed_expert.hpp) ----
+  // The weights are packed into the format's panels, expert by expert on first use, and the
   // packed copies are dropped whenever the weights may change (mutable access, collect_parameters,
-  // weights_changed()). With P the packet size:
-  //   up panel p:   hidden units [p·P, p·P + P): those rows of w1, then the same rows of w3, so one
-  //                 tile holds x·w1ᵀ and x·w3ᵀ for P units and act(h1) ⊙ h3 is formed as it is stored;
+  // weights_changed()). With U = kNR / 2 hidden units per up panel:
+  //   up panel p:   hidden units [p·U, p·U + U): those rows of w1, then the same rows of w3, so one
+  //                 tile holds x·w1ᵀ and x·w3ᵀ for U units and act(h1) ⊙ h3 is formed as it is stored;
   //   down panel p: outputs [p·kNR, p·kNR + kNR) of h·w2ᵀ, scaled by the routing weight as stored.
-  Index up_panels() const { return (d_ff() + kPacket - 1) / kPacket; }
-  Index down_panels() const { return kernels::num_panels<S>(d_model()); }
-  void weights_changed() {
-    up_packed_.clear();
-    down_packed_.clear();
-  }
-
+  Index up_panels() const { return (d_ff() + kUnits - 1) / kUnits; }
+  Index down_panels() const { return (d_model() + kNR - 1) / kNR; }
+  void weights_changed() { packed_.clear(); }
   void prepack(Index e) {
-    up_packed_.ensure(e, up_panels() * d_model() * kNR, [&](S* out) {
-      for (Index p = 0; p < up_panels(); ++p) pack_up_panel(e, p, out + p * d_model() * kNR);
-    });
-    down_packed_.ensure(e, down_panels() * d_ff() * kNR, [&](S* out) {
-      for (Index p = 0; p < down_panels(); ++p) kernels::pack_weight_panel<S>(w2_[e], p, out + p * d_ff() * kNR);
-    });
+    packed_.ensure(e, up_panels(), d_model(), down_panels(), d_ff(),
+                   [&](Index p, Weight* panel) { pack_up_panel(e, p, panel); },
+                   [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w2_[e], p, panel); });
   }
 
-  // See the PackedExpert concept: tiles for n rows, and one panel for an expert not prepacked.
-  Index work_size(Index n) const { return (n + std::max(d_model(), d_ff())) * kNR; }
+  Index work_size(Index n) const { return kernels::bank_work_size<F>(n, std::max(d_model(), d_ff())); }
+  Index packed_input_size(Index n) const { return F::input_size(n, d_model()); }
+  Index packed_hidden_size(Index n) const { return F::input_size(n, d_ff()); }
+  void pack_input(ConstMatrixRef<S> x, typename F::Input* packed) const {
+    F::pack_input(kernels::strided<S>(x), x.rows(), d_model(), packed);
+  }
+  // memory is forward()'s: [h1 | h3 | h], each [n, d_ff]; h1 = x·w1ᵀ and h3 = x·w3ᵀ are stored only
+  // when kept for backward.
+  void pack_hidden(Index n, std::span<S> memory, typename F::Input* packed) const {
+    F::pack_input(kernels::Strided<S>{hidden(memory, n), d_ff(), 1}, n, d_ff(), packed);
+  }
 
-  // See the PackedExpert concept. memory is forward()'s: [h1 | h3 | h], each [n, d_ff]; h1 = x·w1ᵀ
-  // and h3 = x·w3ᵀ are stored only when kept for backward.
-  S* hidden(std::span<S> memory, Index n) const { return memory.data() + 2 * n * d_ff(); }
-
-  void forward_up(Index e, Index n, const S* packed_x, Index p_begin, Index p_end, S* work, std::span<S> memory,
-                  bool keep) const {
+  void forward_up(Index e, Index n, const typename F::Input* packed_x, Index p_begin, Index p_end, S* work,
+                  std::span<S> memory, bool keep) const {
     using Tile = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
     using Out = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
     const Index f = d_ff();
     S* const h1 = memory.data();
     S* const h3 = h1 + n * f;
     S* const h = hidden(memory, n);
-    kernels::multiply_bank<S>(
-        up_packed_, e, n, d_model(), packed_x, p_begin, p_end, work, [&](Index p, S* panel) { pack_up_panel(e, p, panel); },
-        [&](Index p) { return up_source(e, p); }, [&](Index i0, Index mr, Index p, const S* tile) {
-      const Index unit = p * kPacket, units = std::min<Index>(kPacket, f - unit), at = i0 * f + unit;
+    kernels::multiply_bank<F>(
+        packed_.up(), e, n, d_model(), packed_x, p_begin, p_end, work,
+        [&](Index p, Weight* panel) { pack_up_panel(e, p, panel); }, [&](Index p) { return up_source(e, p); },
+        [&](Index i0, Index mr, Index p, const S* tile) {
+      const Index unit = p * kUnits, units = std::min<Index>(kUnits, f - unit), at = i0 * f + unit;
       for (Index i = 0; i < mr; ++i)
-        elementwise<S>(units, h + at + i * f, gated, tile + i * kNR, tile + i * kNR + kPacket);
+        elementwise<S>(units, h + at + i * f, gated, tile + i * kNR, tile + i * kNR + kUnits);
       if (!keep) return;
-      if (units == kPacket) {  // read again only by backward: past the caches
+      if (units == kUnits) {  // read again only by backward: past the caches
         kernels::stream_rows<S>(tile, kNR, mr, h1 + at, f);
-        kernels::stream_rows<S>(tile + kPacket, kNR, mr, h3 + at, f);
+        kernels::stream_rows<S>(tile + kUnits, kNR, mr, h3 + at, f);
         return;
       }
       Out(h1 + at, mr, units, Eigen::OuterStride<>(f)) = Tile(tile, mr, units, Eigen::OuterStride<>(kNR));
-      Out(h3 + at, mr, units, Eigen::OuterStride<>(f)) = Tile(tile + kPacket, mr, units, Eigen::OuterStride<>(kNR));
+      Out(h3 + at, mr, units, Eigen::OuterStride<>(f)) = Tile(tile + kUnits, mr, units, Eigen::OuterStride<>(kNR));
     });
-    if (keep) kernels::stream_fence();
+    if (keep) kernels::simd::stream_fence();
   }
 
-  // See the PackedExpert concept: y = scale ⊙ h·w2ᵀ.
-  void forward_down(Index e, Index n, const S* packed_h, Index p_begin, Index p_end, S* work, const S* scale,
-                    MatrixRef<S> y) const {
-    kernels::multiply_bank<S>(
-        down_packed_, e, n, d_ff(), packed_h, p_begin, p_end, work,
-        [&](Index p, S* panel) { kernels::pack_weight_panel<S>(w2_[e], p, panel); },
-        [&](Index p) { return kernels::weight_panel_source<S>(w2_[e], p); },
-        [&](Index i0, Index mr, Index p, const S* tile) { kernels::store_output_tile<S>(y, i0, mr, p, tile, scale, nullptr); });
+  // y = scale ⊙ h·w2ᵀ.
+  void forward_down(Index e, Index n, const typename F::Input* packed_h, Index p_begin, Index p_end, S* work,
+                    const S* scale, MatrixRef<S> y) const {
+    kernels::multiply_bank<F>(
+        packed_.down(), e, n, d_ff(), packed_h, p_begin, p_end, work,
+        [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w2_[e], p, panel); },
+        [&](Index p) { return kernels::weight_panel_source<F>(w2_[e], p); },
+        [&](Index i0, Index mr, Index p, const S* tile) { kernels::store_output_tile<F>(y, i0, mr, p, tile, scale, nullptr); });
   }
 
  private:
@@ -178,8 +182,7 @@ class GatedExpert {
     w1_ = ParamBank<S>(E, f, d);
     w3_ = ParamBank<S>(E, f, d);
     w2_ = ParamBank<S>(E, d, f);
-    up_packed_ = kernels::PackedBank<S>(E);
-    down_packed_ = kernels::PackedBank<S>(E);
+    packed_ = PackedProjections<F>(E);
     if (zeros) return;
     Generator rng(config.seed);
     w1_.init_uniform(d, rng);
@@ -187,30 +190,33 @@ class GatedExpert {
     w2_.init_uniform(f, rng);
   }
 
-  static constexpr int kPacket = kernels::Blocking<S>::kPacket, kNR = kernels::Blocking<S>::kNR;
+  using Weight = typename F::Weight;
+  static constexpr int kNR = F::kNR, kUnits = F::kNR / 2;
   // h = act(h1) ⊙ h3, for elementwise().
   static constexpr auto gated = [](const auto& a1, const auto& a3) { return Activation::apply(a1) * a3; };
 
-  // Up panel p: hidden units [p·P, p·P + P) of w1, then of w3, as columns; [d_model][kNR].
-  void pack_up_panel(Index e, Index p, S* panel) const {
-    const Index unit = p * kPacket, units = std::min<Index>(kPacket, d_ff() - unit);
-    if (units < kPacket) Eigen::Map<RowMatrix<S>>(panel, d_model(), kNR).setZero();
-    kernels::pack_rows_as_columns<S>(w1_[e].middleRows(unit, units), panel, 0);
-    kernels::pack_rows_as_columns<S>(w3_[e].middleRows(unit, units), panel, kPacket);
+  S* hidden(std::span<S> memory, Index n) const { return memory.data() + 2 * n * d_ff(); }
+
+  // Up panel p: hidden units [p·U, p·U + U) of w1, then of w3, as columns; [d_model][kNR].
+  void pack_up_panel(Index e, Index p, Weight* panel) const {
+    const Index unit = p * kUnits, units = std::min<Index>(kUnits, d_ff() - unit);
+    if (units < kUnits) std::fill_n(panel, d_model() * kNR, Weight(0));
+    F::pack_weight_rows(w1_[e].middleRows(unit, units), panel, 0);
+    F::pack_weight_rows(w3_[e].middleRows(unit, units), panel, kUnits);
   }
   // The weights pack_up_panel reads: rows of w1 and w3.
   kernels::Ahead up_source(Index e, Index p) const {
-    const Index unit = p * kPacket, bytes = std::min<Index>(kPacket, d_ff() - unit) * d_model() * Index(sizeof(S));
+    const Index unit = p * kUnits, bytes = std::min<Index>(kUnits, d_ff() - unit) * d_model() * Index(sizeof(S));
     return {{reinterpret_cast<const char*>(w1_[e].row(unit).data()), reinterpret_cast<const char*>(w3_[e].row(unit).data())},
             {bytes, bytes}};
   }
 
   ExpertConfig config_;
   ParamBank<S> w1_, w2_, w3_;
-  kernels::PackedBank<S> up_packed_, down_packed_;
+  PackedProjections<F> packed_;
 };
 
-template <class S> using SwiGluExpert = GatedExpert<S, Silu>;
-template <class S> using GeGluExpert = GatedExpert<S, Gelu>;
+template <class S, class F = kernels::NativeFormat<S>> using SwiGluExpert = GatedExpert<S, Silu, F>;
+template <class S, class F = kernels::NativeFormat<S>> using GeGluExpert = GatedExpert<S, Gelu, F>;
 
 }  // namespace moe

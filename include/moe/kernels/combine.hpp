@@ -22,4 +22,17 @@ void combine(ConstMatrixRef<S> weight, const DispatchPlan& dispatch, ConstMatrix
   }
 }
 
+// y[t] = Σ_{j < k, active} rows[row[t·k + j]]   (j ascending): combine with every weight 1 (outputs
+// already scaled, or the adjoint of dispatch).
+//   rows: [rows, d] dispatch order;  y: [T, d] (overwritten)
+template <class S>
+void sum_slots(const DispatchPlan& dispatch, Index k, ConstMatrixRef<S> rows, MatrixRef<S> y) {
+  for (Index t = 0; t < y.rows(); ++t) {
+    auto y_t = y.row(t);
+    y_t.setZero();
+    for (Index j = 0; j < k; ++j)
+      if (const auto r = dispatch.row[t * k + j]; r != kEmptySlot) y_t += rows.row(r);
+  }
+}
+
 }  // namespace moe::kernels

@@ -1,5 +1,5 @@
 // Dispatch: group the active (token, slot) assignments by expert, then copy token rows into
-// the expert-major dispatch buffer (DESIGN.md §4).
+// the expert-major dispatch buffer (docs/architecture.md §4).
 #pragma once
 
 #include "moe/routing.hpp"

@@ -1,5 +1,5 @@
 // Top-k selection with a fixed tie rule: a higher value first, and among equal values the lower
-// index first (DESIGN.md §4), so the choice never depends on the sort implementation.
+// index first (docs/architecture.md §8), so the choice never depends on the sort implementation.
 #pragma once
 
 #include "moe/types.hpp"

@@ -8,7 +8,8 @@
 //
 // d = target[t], o_i = the unweighted output of token t's i-th expert, L = mean over tokens.
 // These losses look at each expert's output, so they drive SparseMoE::backward_experts() instead
-// of backward(): they return ∂L/∂o (dispatch order) and ∂L/∂p (per slot).
+// of backward(): they return ∂L/∂o (batch order) and ∂L/∂p (per slot). They read the outputs where
+// a layer of one process keeps them (SparseMoE's LocalExchange: the batch is in dispatch order).
 #pragma once
 
 #include "moe/errors.hpp"
@@ -23,18 +24,19 @@ namespace moe {
 enum class MixtureLoss { cooperative, competitive, likelihood };
 
 // Returns L and writes its gradients.
-//   cache: a training forward's LayerCache (plan, dispatch, expert_out);  target: [T, d_model]
+//   cache: a training forward's LayerCache of a SparseMoE;  target: [T, d_model]
 //   d_expert_out: [rows, d_model] (overwritten);  d_weight: [T, k] (overwritten)
 // Shared experts are not part of these losses (the classic mixture has none).
 template <class S, class Cache>
 double mixture_loss(MixtureLoss kind, const Cache& cache, ConstMatrixRef<S> target, MatrixRef<S> d_expert_out,
                     MatrixRef<S> d_weight) {
   constexpr const char* who = "mixture_loss";
-  const RoutingPlan<S>& plan = cache.plan;
-  const DispatchPlan& dispatch = cache.dispatch;
+  const RoutingPlan<S>& plan = cache.tokens.plan;
+  const DispatchPlan& dispatch = cache.tokens.dispatch;
+  const RowMatrix<S>& expert_out = cache.experts.batch.out;
   const Index T = plan.num_tokens(), k = plan.slots_per_token(), rows = dispatch.num_rows();
   detail::check_dim(who, "target.rows()", target.rows(), "tokens", T);
-  detail::check_dim(who, "target.cols()", target.cols(), "d_model", cache.expert_out.cols());
+  detail::check_dim(who, "target.cols()", target.cols(), "d_model", expert_out.cols());
   detail::check_dim(who, "d_expert_out.rows()", d_expert_out.rows(), "dispatch rows", rows);
   detail::check_dim(who, "d_expert_out.cols()", d_expert_out.cols(), "d_model", target.cols());
   detail::check_dim(who, "d_weight.rows()", d_weight.rows(), "tokens", T);
@@ -44,7 +46,7 @@ double mixture_loss(MixtureLoss kind, const Cache& cache, ConstMatrixRef<S> targ
   if (T == 0) return 0.0;
 
   const S inv_T = S(1) / S(T);
-  const auto out = [&](Index r) { return cache.expert_out.row(r); };
+  const auto out = [&](Index r) { return expert_out.row(r); };
   double total = 0;
   for (Index t = 0; t < T; ++t) {
     const auto d = target.row(t);

@@ -130,11 +130,7 @@ class JsonParser {
     if (!at(c)) fail(what);
     ++pos_;
   }
-  void skip_space() {
-    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' ||
-                                s_[pos_] == '\r'))
-      ++pos_;
-  }
+  void skip_space() { pos_ = std::min(s_.size(), s_.find_first_not_of(" \t\n\r", pos_)); }
 
   io::json::Value parse_value(std::size_t depth) {
     io::json::Value v;
@@ -260,33 +256,26 @@ class JsonParser {
       }
       ++pos_;
       if (pos_ >= s_.size()) fail("expected an escape character after '\\'");
+      static constexpr std::string_view escaped = "\"\\/bfnrt", meaning = "\"\\/\b\f\n\r\t";
       const char e = s_[pos_++];
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          std::uint32_t cp = parse_hex4();
-          if (cp >= 0xdc00 && cp <= 0xdfff) fail("expected a high surrogate before a low one");
-          if (cp >= 0xd800 && cp <= 0xdbff) {
-            if (s_.substr(pos_, 2) != "\\u") fail("expected \\u and a low surrogate");
-            pos_ += 2;
-            const std::uint32_t low = parse_hex4();
-            if (low < 0xdc00 || low > 0xdfff) fail("expected a low surrogate (\\uDC00-\\uDFFF)");
-            cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
-          }
-          append_utf8(out, cp);
-          break;
-        }
-        default:
-          --pos_;
-          fail("expected one of \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\u");
+      if (const auto i = escaped.find(e); i != std::string_view::npos) {
+        out += meaning[i];
+        continue;
       }
+      if (e != 'u') {
+        --pos_;
+        fail("expected one of \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\u");
+      }
+      std::uint32_t cp = parse_hex4();
+      if (cp >= 0xdc00 && cp <= 0xdfff) fail("expected a high surrogate before a low one");
+      if (cp >= 0xd800 && cp <= 0xdbff) {
+        if (s_.substr(pos_, 2) != "\\u") fail("expected \\u and a low surrogate");
+        pos_ += 2;
+        const std::uint32_t low = parse_hex4();
+        if (low < 0xdc00 || low > 0xdfff) fail("expected a low surrogate (\\uDC00-\\uDFFF)");
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+      }
+      append_utf8(out, cp);
     }
     ++pos_;  // the closing quote
     return out;
