@@ -216,10 +216,10 @@ class BasicSparseMoE {
     constexpr const char* who = "SparseMoE";
     detail::check_config(gate_.d_model() == experts_.d_model(), who, "gate.d_model() = ", gate_.d_model(),
                          " but experts.d_model() = ", experts_.d_model());
-    const ExpertRange owned = exchange_.owned(gate_.num_experts());
-    detail::check_config(owned.count == experts_.num_experts(), who, "the exchange gives this process ",
-                         owned.count, " of gate.num_experts() = ", gate_.num_experts(),
-                         " experts but experts.num_experts() = ", experts_.num_experts());
+    const ExpertRange owned = exchange_.owned(gate_.num_experts());  // the experts this process runs
+    detail::check_config(owned.count == experts_.num_experts(), who, "gate.num_experts() = ", gate_.num_experts(),
+                         owned.count == gate_.num_experts() ? "" : detail::concat(" (", owned.count, " in this process)"),
+                         " but experts.num_experts() = ", experts_.num_experts());
     if (shared_)
       detail::check_config(shared_->d_model() == experts_.d_model(), who, "shared.d_model() = ",
                            shared_->d_model(), " but experts.d_model() = ", experts_.d_model());
