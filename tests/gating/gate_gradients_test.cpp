@@ -1,14 +1,16 @@
-// Backward of every gate against central finite differences in double (Grad tests).
-// The gates share the harness in support/gate_gradients.hpp; one file covers all of them because
-// their backwards share the router and the softmax Jacobian.
+// Backward of every gate against central finite differences in double (Grad tests), through the
+// public checker moe::testing::check_gate; one file covers all of them because their backwards
+// share the router and the softmax Jacobian.
 #include <moe/gating/dense_gate.hpp>
 #include <moe/gating/expert_choice_gate.hpp>
 #include <moe/gating/top_k_gate.hpp>
+#include <moe/testing/router_check.hpp>
 
 #include "support/compare.hpp"
-#include "support/gate_gradients.hpp"
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 namespace {
 
@@ -22,12 +24,24 @@ static_assert(moe::TrainableGate<moe::TopKGate<float>>);
 static_assert(moe::TrainableGate<moe::DenseGate<float>>);
 static_assert(moe::TrainableGate<moe::ExpertChoiceGate<float>>);
 
+// The smallest gap, over tokens, between consecutive sorted values of a [T, E] matrix: a lower
+// bound on the margin of any top-k selection made from it.
+double min_gap(const RowMatrix<double>& values) {
+  double gap = 1e300;
+  for (Index t = 0; t < values.rows(); ++t) {
+    moe::Vector<double> row = values.row(t).transpose();
+    std::sort(row.data(), row.data() + row.size());
+    for (Index e = 1; e < row.size(); ++e) gap = std::min(gap, row[e] - row[e - 1]);
+  }
+  return gap;
+}
+
 // Routes once and checks that the choice values are far enough apart for ±1e-6 steps.
 void expect_selection_margin(moe::TopKGate<double> gate, const RowMatrix<double>& x) {
   moe::RoutingPlan<double> plan;
   gate.route(x, plan, Mode::inference);
   const bool by_logits = gate.config().scoring == moe::Scoring::softmax_selected;
-  EXPECT_GT(moe::test::min_gap(by_logits ? plan.logits : plan.scores), 1e-4);
+  EXPECT_GT(min_gap(by_logits ? plan.logits : plan.scores), 1e-4);
 }
 
 void expect_top_k_gradients(const moe::TopKGateConfig& config, Mode mode = Mode::inference) {
@@ -37,7 +51,7 @@ void expect_top_k_gradients(const moe::TopKGateConfig& config, Mode mode = Mode:
     for (Index e = 0; e < kExperts; ++e) gate.selection_bias()[e] = 0.05 * double(e % 3) - 0.04;
   if (config.noisy) gate.noise_weight() = moe::test::random_matrix<double>(kExperts, kModel, 12);
   if (!config.noisy && config.jitter == 0) expect_selection_margin(gate, x);
-  const moe::testing::GradCheckResult result = moe::test::check_gate_gradients(gate, x, mode);
+  const moe::testing::GradCheckResult result = moe::testing::check_gate(gate, x, mode);
   EXPECT_TRUE(result.ok) << result.log;
 }
 
@@ -112,7 +126,7 @@ TEST(TopKGateGrad, SelectionBiasIsNotAParameter) {
 TEST(DenseGateGrad, SoftmaxOverAllExperts) {
   const RowMatrix<double> x = moe::test::random_matrix<double>(kTokens, kModel, 13);
   const auto result =
-      moe::test::check_gate_gradients(moe::DenseGate<double>({.d_model = kModel, .num_experts = kExperts}), x, Mode::training);
+      moe::testing::check_gate(moe::DenseGate<double>({.d_model = kModel, .num_experts = kExperts}), x, Mode::training);
   EXPECT_TRUE(result.ok) << result.log;
 }
 
@@ -122,8 +136,8 @@ TEST(ExpertChoiceGateGrad, ChosenSlotsOnly) {
   moe::RoutingPlan<double> plan;
   gate.route(x, plan, Mode::inference);
   RowMatrix<double> by_expert = plan.scores.transpose();  // experts choose among tokens
-  EXPECT_GT(moe::test::min_gap(by_expert), 1e-4);
-  const auto result = moe::test::check_gate_gradients(gate, x, Mode::inference);
+  EXPECT_GT(min_gap(by_expert), 1e-4);
+  const auto result = moe::testing::check_gate(gate, x, Mode::inference);
   EXPECT_TRUE(result.ok) << result.log;
 }
 
