@@ -1,5 +1,6 @@
-// Shared inputs of the loss tests: hand-built routing plans whose selection cannot flip under a
-// ±1e-6 perturbation, central finite differences in double, and the ‖a − b‖ / ‖a + b‖ error.
+// Shared inputs of the loss tests: hand-built routing plans (plain and noisy) whose selection
+// cannot flip under a ±1e-6 perturbation, central finite differences in double, and the
+// ‖a − b‖ / ‖a + b‖ error.
 #pragma once
 
 #include <moe/gating/scoring.hpp>
@@ -12,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
@@ -76,6 +78,27 @@ RoutingPlan<S> make_plan(const Mat& logits, Index k, Scoring scoring = Scoring::
   return plan;
 }
 
+// A noisy plan: spaced noisy logits, N(0, 1) noise, noise_std in [0.5, 1.5), the top k noisy
+// logits selected with softmax weights over them (Shazeer's gate).
+template <class S>
+RoutingPlan<S> noisy_plan(Index T, Index E, Index k, std::uint64_t seed) {
+  auto plan = make_plan<S>(spaced_logits(T, E, seed), k);
+  Generator rng(seed + 1000);
+  plan.noisy = true;
+  plan.noise.resize(T, E);
+  plan.noise_std.resize(T, E);
+  for (Index i = 0; i < plan.noise.size(); ++i) {
+    plan.noise.data()[i] = S(standard_normal(rng));
+    plan.noise_std.data()[i] = S(uniform(rng, 0.5, 1.5));
+  }
+  for (Index t = 0; t < T; ++t) {
+    double sum = 0;
+    for (Index j = 0; j < k; ++j) sum += std::exp(double(plan.logits(t, plan.expert(t, j))));
+    for (Index j = 0; j < k; ++j) plan.weight(t, j) = S(std::exp(double(plan.logits(t, plan.expert(t, j)))) / sum);
+  }
+  return plan;
+}
+
 // The plan of the rows `rows` of `plan` (for the mask tests: the unpadded sub-batch).
 template <class S>
 RoutingPlan<S> sub_plan(const RoutingPlan<S>& plan, const std::vector<Index>& rows) {
@@ -129,18 +152,6 @@ double relative_error(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>&
 template <class S>
 constexpr double gradient_tolerance() {
   return sizeof(S) == sizeof(float) ? 1e-5 : 1e-6;
-}
-
-// Gradients of the plan's shapes filled with seeded values (to see that a loss adds, not assigns).
-template <class S>
-RouterGradients<S> prefilled_gradients(const RoutingPlan<S>& plan, std::uint64_t seed) {
-  RouterGradients<S> g;
-  g.reset(plan);
-  g.d_weight = random_matrix<S>(g.d_weight.rows(), g.d_weight.cols(), seed);
-  g.d_scores = random_matrix<double>(g.d_scores.rows(), g.d_scores.cols(), seed + 3);
-  g.d_logits = random_matrix<S>(g.d_logits.rows(), g.d_logits.cols(), seed + 1);
-  g.d_noise_std = random_matrix<S>(g.d_noise_std.rows(), g.d_noise_std.cols(), seed + 2);
-  return g;
 }
 
 // Runs f, expecting an exception of type X whose message contains every one of `parts`.
