@@ -1,5 +1,6 @@
 // Adam and AdamW against a plain double loop of torch.optim.Adam/AdamW's formulas, the exact first
-// step, decoupled decay, a quadratic, and the errors (config, shapes, state, non-finite gradients).
+// step, decoupled decay, a quadratic, a schedule, and the config errors. The step contract (shapes,
+// state, non-finite gradients) is checked for every optimizer in optimizer_contract_test.cpp.
 #include <moe/train/adam.hpp>
 
 #include "support/compare.hpp"
@@ -193,61 +194,6 @@ TYPED_TEST(AdamTest, ConfigErrorsNameTheOptimizerAndTheNumber) {
   expect_error_naming([] { moe::adamw<S>({.lr = -1}); }, {"AdamW", "lr = -1"});
   EXPECT_THROW(moe::Adam<S>({.beta1 = 1}), moe::config_error);
   EXPECT_NO_THROW((moe::Adam<S>({.beta1 = 0, .beta2 = 0})));
-}
-
-TYPED_TEST(AdamTest, ShapesAreCheckedAgainstTheGradientsAndTheFirstStep) {
-  using S = TypeParam;
-  Problem<S> p;
-  p.draw_gradients(3);
-  auto adam = moe::adamw<S>({.lr = 0.01, .weight_decay = 0.1});
-  auto short_grads = p.grads();
-  short_grads.pop_back();
-  expect_error_naming([&] { adam.step(p.params(), short_grads); }, {"AdamW::step", "grads.size() = 1"});
-  EXPECT_EQ(adam.steps(), 0);
-
-  adam.step(p.params(), p.grads());
-  const RowMatrix<S> w1 = p.w, b1 = p.b, m1 = adam.first_moment(0);
-  RowMatrix<S> other(3, 5), d_other(3, 5);
-  expect_error_naming(
-      [&] { adam.step({moe::view<S>("w", other), p.params()[1]}, {moe::view<S>("w", d_other), p.grads()[1]}); },
-      {"AdamW::step", "w cols = 5", "cols in the optimizer state = 4"});
-  expect_error_naming([&] { adam.step({p.params()[1]}, {p.grads()[1]}); },
-                      {"AdamW::step", "params.size() = 1", "tensors in the optimizer state = 2"});
-  EXPECT_THROW((adam.step({p.params()[1], p.params()[0]}, {p.grads()[1], p.grads()[0]})), moe::shape_error);
-  EXPECT_EQ(p.w, w1);
-  EXPECT_EQ(p.b, b1);
-  EXPECT_EQ(adam.first_moment(0), m1);
-  EXPECT_EQ(adam.steps(), 1);
-}
-
-TYPED_TEST(AdamTest, NonFiniteGradientThrowsNamingTheTensorAndChangesNothing) {
-  using S = TypeParam;
-  for (const S bad : {std::numeric_limits<S>::quiet_NaN(), -std::numeric_limits<S>::infinity()}) {
-    Problem<S> p, fresh;
-    moe::Adam<S> adam({.lr = 0.01, .weight_decay = 0.1}), untouched({.lr = 0.01, .weight_decay = 0.1});
-    p.draw_gradients(3);
-    fresh.draw_gradients(3);
-    adam.step(p.params(), p.grads());
-    untouched.step(fresh.params(), fresh.grads());
-
-    p.draw_gradients(4);
-    p.d_b(0, 2) = bad;
-    const RowMatrix<S> w0 = p.w, b0 = p.b;
-    expect_error_naming([&] { adam.step(p.params(), p.grads()); }, {"Adam::step", "'b'", "(0, 2)"});
-    EXPECT_THROW(adam.step(p.params(), p.grads()), std::domain_error);
-    EXPECT_EQ(p.w, w0);
-    EXPECT_EQ(p.b, b0);
-    EXPECT_EQ(adam.steps(), 1);
-
-    // Moments and step count are as before: the next good step matches an optimizer that never
-    // saw the bad one, bit for bit.
-    p.draw_gradients(5);
-    fresh.draw_gradients(5);
-    adam.step(p.params(), p.grads());
-    untouched.step(fresh.params(), fresh.grads());
-    EXPECT_EQ(p.w, fresh.w);
-    EXPECT_EQ(p.b, fresh.b);
-  }
 }
 
 

@@ -1,5 +1,6 @@
 // Sgd against a plain double loop of torch.optim.SGD's formulas, hand-computed steps, a quadratic,
-// and the errors (config, shapes, state, non-finite gradients).
+// and the config errors. The step contract (shapes, state, non-finite gradients) is checked for
+// every optimizer in optimizer_contract_test.cpp.
 #include <moe/train/sgd.hpp>
 
 #include "support/compare.hpp"
@@ -173,79 +174,6 @@ TYPED_TEST(SgdTest, ConfigErrorsNameTheOptimizerAndTheNumber) {
   expect_error_naming([] { moe::Sgd<S>({.lr = 0.1, .nesterov = true}); }, {"Sgd", "nesterov", "momentum = 0"});
   EXPECT_THROW(moe::Sgd<S>({.lr = -1}), moe::config_error);
   EXPECT_NO_THROW((moe::Sgd<S>({.lr = 1e-3, .momentum = 0.99, .weight_decay = 0, .nesterov = true})));
-}
-
-TYPED_TEST(SgdTest, MismatchedGradientsThrowShapeErrorAndChangeNothing) {
-  using S = TypeParam;
-  Problem<S> p;
-  p.draw_gradients(3);
-  const RowMatrix<S> w0 = p.w, b0 = p.b;
-  moe::Sgd<S> sgd({.lr = 0.1, .momentum = 0.9});
-  auto grads = p.grads();
-  grads.pop_back();
-  expect_error_naming([&] { sgd.step(p.params(), grads); }, {"Sgd::step", "grads.size() = 1"});
-  EXPECT_THROW(sgd.step(p.params(), grads), moe::shape_error);
-  RowMatrix<S> wrong(3, 3);
-  expect_error_naming([&] { sgd.step(p.params(), {moe::view<S>("w", wrong), p.grads()[1]}); },
-                      {"Sgd::step", "w cols = 3"});
-  EXPECT_EQ(p.w, w0);
-  EXPECT_EQ(p.b, b0);
-  EXPECT_EQ(sgd.steps(), 0);
-}
-
-TYPED_TEST(SgdTest, LaterStepsMustHaveTheFirstStepsShapes) {
-  using S = TypeParam;
-  Problem<S> p;
-  p.draw_gradients(3);
-  moe::Sgd<S> sgd({.lr = 0.1, .momentum = 0.9});
-  sgd.step(p.params(), p.grads());
-
-  RowMatrix<S> bigger(4, 4), d_bigger(4, 4);
-  expect_error_naming(
-      [&] {
-        sgd.step({moe::view<S>("w", bigger), moe::view<S>("b", p.b)}, {moe::view<S>("w", d_bigger), p.grads()[1]});
-      },
-      {"Sgd::step", "w rows = 4", "rows in the optimizer state = 3"});
-  expect_error_naming([&] { sgd.step({p.params()[0]}, {p.grads()[0]}); },
-                      {"Sgd::step", "params.size() = 1", "tensors in the optimizer state = 2"});
-  expect_error_naming(
-      [&] { sgd.step({moe::view<S>("v", p.w), p.params()[1]}, {moe::view<S>("v", p.d_w), p.grads()[1]}); },
-      {"Sgd::step", "params[0] is 'v'", "made for 'w'"});
-  // Without momentum there is no buffer, but the shapes are still fixed by the first step.
-  moe::Sgd<S> plain({.lr = 0.1});
-  plain.step(p.params(), p.grads());
-  EXPECT_THROW(plain.step({p.params()[0]}, {p.grads()[0]}), moe::shape_error);
-  EXPECT_EQ(sgd.steps(), 1);
-}
-
-TYPED_TEST(SgdTest, NonFiniteGradientThrowsNamingTheTensorAndChangesNothing) {
-  using S = TypeParam;
-  for (const S bad : {std::numeric_limits<S>::quiet_NaN(), std::numeric_limits<S>::infinity()}) {
-    Problem<S> p, fresh;
-    moe::Sgd<S> sgd({.lr = 0.1, .momentum = 0.9}), untouched({.lr = 0.1, .momentum = 0.9});
-    p.draw_gradients(3);
-    fresh.draw_gradients(3);
-    sgd.step(p.params(), p.grads());
-    untouched.step(fresh.params(), fresh.grads());
-
-    p.draw_gradients(4);
-    p.d_b(0, 3) = bad;  // the last tensor: "w" comes first and must not have been updated
-    const RowMatrix<S> w0 = p.w, b0 = p.b;
-    expect_error_naming([&] { sgd.step(p.params(), p.grads()); }, {"Sgd::step", "'b'", "(0, 3)"});
-    EXPECT_THROW(sgd.step(p.params(), p.grads()), std::domain_error);
-    EXPECT_EQ(p.w, w0);
-    EXPECT_EQ(p.b, b0);
-    EXPECT_EQ(sgd.steps(), 1);
-
-    // The momentum buffer did not change either: the next good step matches an optimizer that
-    // never saw the bad one.
-    p.draw_gradients(5);
-    fresh.draw_gradients(5);
-    sgd.step(p.params(), p.grads());
-    untouched.step(fresh.params(), fresh.grads());
-    EXPECT_EQ(p.w, fresh.w);
-    EXPECT_EQ(p.b, fresh.b);
-  }
 }
 
 }  // namespace
