@@ -194,11 +194,11 @@ template <AuxLoss L>
 GradCheckResult check_aux_loss(const L& loss, const RoutingPlan<double>& plan, std::span<const std::uint8_t> mask = {},
                                std::uint64_t seed = 7, GradCheckOptions options = {}) {
   GradCheckResult result;
+  const auto padding = std::count(mask.begin(), mask.end(), std::uint8_t{0});
   result.log += moe::detail::concat("check_aux_loss: num_tokens = ", plan.num_tokens(), ", slots_per_token = ",
                                     plan.slots_per_token(), ", num_experts = ", plan.num_experts, ", noisy = ",
                                     plan.noisy ? "yes" : "no", ", mask = ",
-                                    mask.empty() ? "none" : moe::detail::concat(std::count(mask.begin(), mask.end(), std::uint8_t{0}),
-                                                                                " padding tokens"),
+                                    mask.empty() ? "none" : moe::detail::concat(padding, " padding tokens"),
                                     ", seed = ", seed, ", step = ", options.step, ", tolerance = ", options.tolerance,
                                     "\n");
   RouterGradients<double> grads, shapes;
