@@ -1,6 +1,7 @@
 // The public checkers of a gate and of an auxiliary loss, beside check_expert (gradient_check.hpp):
-// central differences in double, ‖a − n‖ / ‖a + n‖ per tensor, a log with one line per tensor and
-// per contract check, so that a user can check a custom gate or loss in three lines:
+// central differences in double, a log with one line per tensor and per contract check, every
+// comparison (contract checks included) a relative error ‖a − b‖ / ‖a + b‖ within
+// options.tolerance, so that a user can check a custom gate or loss in three lines:
 //
 //   #include <moe/testing/router_check.hpp>
 //   const auto result = moe::testing::check_gate(MyGate<double>(config), x);  // or check_aux_loss(loss, plan)
