@@ -5,6 +5,7 @@
 #include "moe/types.hpp"
 
 #include <array>
+#include <span>
 #include <string_view>
 
 namespace moe::bench {
@@ -25,6 +26,23 @@ inline constexpr Shape kDeepseekMoe{"deepseek-moe", 2048, 1408, 64, 6, 2, 1408};
 inline constexpr Shape kMixtral8x7b{"mixtral-8x7b", 4096, 14336, 8, 2};
 
 inline constexpr std::array kShapes{kSmall, kMixtralMini, kDeepseekMoe, kMixtral8x7b};
+
+// Token counts T, decode to prefill: up to kDecodeTokens a batch is decode (memory-bound: each
+// weight is read for a few tokens), above it prefill (compute-bound). Thread counts: 1 and 2.
+// Constant arrays rather than brace-initialised std::vectors: GCC 12.2 with -march=native has been
+// seen to miscompile constant vector initialisers of integers.
+inline constexpr std::array<Index, 4> kTokenCounts{1, 16, 128, 1024};
+inline constexpr std::array<Index, 2> kDecodeTokenCounts{1, 16};
+inline constexpr Index kDecodeTokens = 16;
+inline constexpr std::array<int, 2> kThreadCounts{1, 2};
+
+// mixtral-8x7b, one real Mixtral layer, is benchmarked at decode only: prefill would take seconds
+// per batch.
+constexpr bool decode_only(const Shape& s) { return s.name == kMixtral8x7b.name; }
+
+constexpr std::span<const Index> token_counts(const Shape& s) {
+  return decode_only(s) ? std::span<const Index>(kDecodeTokenCounts) : std::span<const Index>(kTokenCounts);
+}
 
 // Parameters of one routed SwiGLU expert: w1, w3 [d_ff, d_model] and w2 [d_model, d_ff].
 constexpr double expert_params(const Shape& s) { return 3.0 * double(s.d_model) * double(s.d_ff); }
