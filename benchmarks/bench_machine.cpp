@@ -1,5 +1,5 @@
-// bench_machine: this machine's limits alone (machine.hpp), on 1 and 2 threads; bench_layer measures
-// them again in its own run, next to what is read against them.
+// bench_machine: this machine's limits alone (machine.hpp), on 1 and 2 threads; bench_layer and
+// bench_kernels measure them again in their own runs, next to what is read against them.
 //
 // Run:
 //   bench_machine --benchmark_repetitions=5 --benchmark_report_aggregates_only=true

@@ -4,6 +4,7 @@
 //                 leave registers, on each of <n> threads: GFLOPS is the compute limit.
 //   BM_Machine_DramRead/threads:<n>   a vectorised sum of a 1 GiB buffer split between <n>
 //                 threads: GBps is the read bandwidth limit.
+// fma_peak_gflops() times the first's loop again, next to a benchmark that reports a peak_fraction;
 // evict_caches() and evicts_caches() keep decode's weights coming from DRAM.
 #pragma once
 
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -86,6 +88,21 @@ inline void BM_Machine_FmaPeak(benchmark::State& state, int threads) {
   add_rate(state, "GFLOPS", kFmaFlopsPerPass * threads * 1e-9 * static_cast<double>(state.iterations()));
   state.SetLabel(std::to_string(kPacketFloats) + " floats/packet, " + std::to_string(kFmaAccumulators) +
                  " accumulators");
+}
+
+// GFLOP/s of BM_Machine_FmaPeak's loop on the calling thread, over `passes` passes timed now (a
+// pass is about a millisecond): what a peak_fraction divides by, measured right after the
+// benchmark's own loop so that a slow minute of the shared machine slows both.
+inline double fma_peak_gflops(int passes = 16) {
+  float sum = 0.0f;
+  const auto start = std::chrono::steady_clock::now();
+  for (int pass = 0; pass < passes; ++pass) {
+    const auto [a, b] = fma_operands();  // read on every pass, or the passes fold into one
+    sum += fma_chains(a, b);
+  }
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+  benchmark::DoNotOptimize(std::as_const(sum));  // the const overload: see fma_operands
+  return kFmaFlopsPerPass * passes * 1e-9 / took.count();
 }
 
 // Σ p[0, n), eight packet accumulators deep so the adds keep up with the loads.
@@ -180,18 +197,25 @@ inline bool evicts_caches(const Shape& s, Index num_tokens) {
 }
 
 // The timed loop of a benchmark: body() once per iteration, the caches evicted before each
-// (outside the clock) when `evict`.
+// (outside the clock) when `evict`. Returns the seconds the benchmark's clock counted, as far as
+// the steady clock around the loop tells (for counters that are ratios of rates, not rates).
 template <class Body>
-void time_iterations(benchmark::State& state, bool evict, Body&& body) {
+double time_iterations(benchmark::State& state, bool evict, Body&& body) {
+  using Clock = std::chrono::steady_clock;
+  std::chrono::duration<double> paused{};
+  const auto start = Clock::now();
   for (auto _ : state) {
     if (evict) {
+      const auto pause = Clock::now();
       state.PauseTiming();
       evict_caches();
       state.ResumeTiming();
+      paused += Clock::now() - pause;
     }
     body();
     benchmark::ClobberMemory();
   }
+  return std::chrono::duration<double>(Clock::now() - start - paused).count();
 }
 
 }  // namespace moe::bench
