@@ -1,9 +1,9 @@
 // bench_layer: one forward pass of the whole layer, SparseMoE<SwiGluExpert<float>, TopKGate<float>>
 // (router softmax → top-k → renormalise, as in Mixtral; layers.hpp), on the reference shapes of
-// BENCHMARKS.md; one training step's forward + backward of the same layer; and, in the same run, the
-// baselines that make every figure a ratio: this machine's limits (machine.hpp), the naive
-// per-expert loop on the same weights and the dense-GEMM ceiling of the same FLOPs. The layer's
-// routing work on its own is bench_routing's.
+// benchmarks/README.md ("Shapes and conventions"); one training step's forward + backward of the
+// same layer; and, in the same run, the baselines that make every figure a ratio: this machine's
+// limits (machine.hpp), the naive per-expert loop on the same weights and the dense-GEMM ceiling of
+// the same FLOPs. The layer's routing work on its own is bench_routing's.
 //
 // Run:
 //   bench_layer --benchmark_filter='small|mixtral-mini' --benchmark_min_time=0.05
@@ -16,7 +16,7 @@
 //   GBps          distinct routed expert weight bytes the batch touches, per second.
 //   tokens_per_s  tokens per second.
 //   BM_Layer_ForwardBackward/...: forward with a cache + backward (d_x and every gradient); GFLOPS
-//   counts 3× the forward's expert FLOPs (BENCHMARKS.md's convention). Not for mixtral-8x7b.
+//   counts 3× the forward's expert FLOPs (the README's convention). Not for mixtral-8x7b.
 //   bwd_per_fwd   the backward's time over an inference forward's (prepacked weights, caches
 //                 evicted) of the same batch, timed in the same iteration outside the benchmark's
 //                 clock: one iteration takes seconds, so comparing with BM_Layer_Forward minutes

@@ -1,6 +1,6 @@
 // bench_routing: everything the layer's forward does besides running the experts, on the reference
-// shapes of BENCHMARKS.md, and in the same run the layer's whole forward at the same T (layers.hpp),
-// which that work is read against as a share.
+// shapes of benchmarks/README.md ("Shapes and conventions"), and in the same run the layer's whole
+// forward at the same T (layers.hpp), which that work is read against as a share.
 //
 // Run:
 //   bench_routing --benchmark_filter='small|mixtral-mini' --benchmark_min_time=0.05

@@ -1,5 +1,5 @@
-// The reference shapes of BENCHMARKS.md and its counting conventions, shared by every benchmark so
-// that labels and counters mean the same thing everywhere.
+// The reference shapes, token counts and counting conventions of benchmarks/README.md ("Shapes and
+// conventions"), shared by every benchmark so that labels and counters mean the same thing everywhere.
 #pragma once
 
 #include "moe/types.hpp"

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""PyTorch peer of bench_layer: an HF Mixtral-style sparse MoE block on the shapes of BENCHMARKS.md.
+"""PyTorch peer of bench_layer: an HF Mixtral-style sparse MoE block on the reference shapes.
+
+The shapes, token counts and counters are those of benchmarks/README.md, "Shapes and conventions".
 
 Run it with Debian's PyTorch and OpenBLAS's AVX-512 kernels, one BLAS thread per benchmark thread:
 
@@ -12,11 +14,11 @@ context's `blas_library` says which one was loaded, `openblas_corename` which ke
 torch the script says so on stderr and writes an empty benchmark list (exit 0), so scripts can skip it.
 
 OPENBLAS_CORETYPE: OpenBLAS 0.3.21 does not know this machine's CPU (a KVM guest reporting Intel family 6
-model 207) and, left alone, picks its generic Prescott (SSE3) kernels; BENCHMARKS.md's machine picked
-Haswell (AVX2). SkylakeX selects the AVX-512 kernels. Measured here on 2026-11-28 (2 vCPU KVM Intel Xeon),
-mixtral-mini, T = 1024, forward, 1 thread, OPENBLAS_NUM_THREADS=1, median of 5 repetitions of 0.5 s, one
-quiet round while another build used the other core (a later round with two builds running was 1.3-1.6x
-slower across the board):
+model 207) and, left alone, picks its generic Prescott (SSE3) kernels; on the Zen 5 of benchmarks/README.md
+("Shapes and conventions") it picked Haswell (AVX2). SkylakeX selects the AVX-512 kernels. Measured here
+on 2026-11-28 (2 vCPU KVM Intel Xeon), mixtral-mini, T = 1024, forward, 1 thread, OPENBLAS_NUM_THREADS=1,
+median of 5 repetitions of 0.5 s, one quiet round while another build used the other core (a later
+round with two builds running was 1.3-1.6x slower across the board):
     OPENBLAS_CORETYPE unset (OpenBLAS chose Prescott)  : 1602 ms  ( 28 GFLOP/s)
     OPENBLAS_CORETYPE=Haswell                          :  694 ms  ( 65 GFLOP/s)
     OPENBLAS_CORETYPE=SkylakeX                         :  411 ms  (110 GFLOP/s)
