@@ -34,8 +34,9 @@
 //   GBps          PackedProduct: bytes of the packed weights, each read once per call whatever T;
 //                 Gemm: bytes of the weight-sized matrix (d_w1 read and written, w1 read).
 //   peak_fraction GFLOPS over the FMA peak's loop timed on this thread right after the benchmark's
-//                 own loop, so that a slow minute of the shared machine slows both. Micro always;
-//                 the products above T = 16 only, where they are compute-bound.
+//                 own loop (machine.hpp's fma_peak_gflops: its fastest of 16 passes), so that a slow
+//                 minute of the shared machine slows both. Micro always; the products above T = 16
+//                 only, where they are compute-bound.
 // Decode (T ≤ 16) is memory-bound: read GBps against BM_Machine_DramRead (or, for shapes that stay
 // in cache, against the other shapes). Prefill is compute-bound: read peak_fraction.
 #include "machine.hpp"
