@@ -73,7 +73,7 @@ void multiply_into(Index m, Index n, Index depth, const S* a, const S* b, S* c, 
 //     more pass over C in memory;
 //   nc: as many panels as keep the B block within 1 MB, so that a shallow product (a weight
 //     gradient again) packs A once for all of a wide C rather than once per few hundred columns.
-// (benchmarks/README.md, "Why the kernels are as they are", has the measurements.)
+// (benchmarks/README.md, "How the layer gets there", has the measurements.)
 template <class S>
 struct GemmBlocks {
   static constexpr Index kMC = 12 * Blocking<S>::kMR;
