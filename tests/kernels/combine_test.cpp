@@ -5,6 +5,7 @@
 
 #include "support/compare.hpp"
 #include "support/plans.hpp"
+#include "support/reference_exchange.hpp"
 
 #include <gtest/gtest.h>
 
@@ -21,14 +22,11 @@ using moe::RoutingPlan;
 using moe::RowMatrix;
 using moe::test::hand_plan;
 using moe::test::random_plan;
+using moe::test::reference_combine;
+using moe::test::stand_in;
 
 constexpr Index kTokens = 7, kSlots = 2, kExperts = 4, kModel = 8;
 constexpr std::int32_t X = kEmptySlot;
-
-
-
-// A stand-in expert e: f_e(v) = (e + 1)·v + (e + 1)/10, elementwise, so every expert differs.
-double stand_in(Index e, double v) { return static_cast<double>(e + 1) * v + 0.1 * static_cast<double>(e + 1); }
 
 // Runs the stand-in experts the way the layer runs experts: gather, then each expert on its block.
 template <class S>
@@ -42,21 +40,6 @@ RowMatrix<S> run_stand_in_experts(const RowMatrix<S>& x, const DispatchPlan& d, 
       for (Index c = 0; c < in.cols(); ++c) block(r, c) = static_cast<S>(stand_in(e, static_cast<double>(in(r, c))));
   }
   return out;
-}
-
-// Per token, straight from the plan: y[t] = Σ_{j active} w[t, j] · f_{expert(t, j)}(x[t]).
-template <class S>
-RowMatrix<double> reference_combine(const RoutingPlan<S>& plan, const RowMatrix<S>& x) {
-  RowMatrix<double> y = RowMatrix<double>::Zero(x.rows(), x.cols());
-  for (Index t = 0; t < x.rows(); ++t)
-    for (Index j = 0; j < plan.expert.cols(); ++j) {
-      const std::int32_t e = plan.expert(t, j);
-      if (e == kEmptySlot || plan.dropped(t, j) != 0) continue;
-      for (Index c = 0; c < x.cols(); ++c)
-        y(t, c) += static_cast<double>(plan.weight(t, j)) *
-                   static_cast<double>(static_cast<S>(stand_in(e, static_cast<double>(x(t, c)))));
-    }
-  return y;
 }
 
 template <class S>

@@ -4,6 +4,7 @@
 
 #include "support/compare.hpp"
 #include "support/plans.hpp"
+#include "support/reference_exchange.hpp"
 
 #include <gtest/gtest.h>
 
@@ -20,32 +21,12 @@ using moe::RoutingPlan;
 using moe::RowMatrix;
 using moe::test::hand_plan;
 using moe::test::random_plan;
+using moe::test::reference_dispatch;
 using Ints = std::vector<std::int32_t>;
 using Offsets = std::vector<Index>;
 
 constexpr Index kTokens = 7, kSlots = 2, kExperts = 4, kModel = 8;
 constexpr std::int32_t X = kEmptySlot;
-
-
-// Bucket by bucket: for each expert, scan the slots in (token, slot) order.
-template <class S>
-DispatchPlan reference_dispatch(const RoutingPlan<S>& plan) {
-  const Index T = plan.expert.rows(), k = plan.expert.cols();
-  DispatchPlan d;
-  d.row.assign(static_cast<std::size_t>(T * k), kEmptySlot);
-  d.offset.push_back(0);
-  for (Index e = 0; e < plan.num_experts; ++e) {
-    for (Index t = 0; t < T; ++t)
-      for (Index j = 0; j < k; ++j)
-        if (plan.expert(t, j) == e && plan.dropped(t, j) == 0) {
-          d.row[static_cast<std::size_t>(t * k + j)] = static_cast<std::int32_t>(d.token.size());
-          d.token.push_back(static_cast<std::int32_t>(t));
-        }
-    d.offset.push_back(static_cast<Index>(d.token.size()));
-  }
-  return d;
-}
-
 
 template <class S>
 class DispatchTest : public ::testing::Test {};
