@@ -22,7 +22,7 @@
 #include <string>
 #include <type_traits>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using CRef = moe::ConstMatrixRef<double>;

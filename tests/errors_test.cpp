@@ -6,7 +6,7 @@
 #include <string>
 #include <type_traits>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 static_assert(std::is_base_of_v<std::invalid_argument, moe::shape_error>);
 static_assert(std::is_base_of_v<std::invalid_argument, moe::config_error>);

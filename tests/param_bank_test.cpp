@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <utility>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using moe::ParamBank;

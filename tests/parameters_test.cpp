@@ -8,7 +8,7 @@
 #include <cmath>
 #include <string>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using moe::RowMatrix;

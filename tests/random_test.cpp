@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 // std::mt19937_64 is specified exactly by the standard: its 10000th output from the default
 // seed is 9981545732273789042 ([rand.predef]). So these values are the same on every platform.

@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 TEST(RoutingPlan, ResetSizesEverythingAndEmptiesTheSlots) {
   moe::RoutingPlan<float> plan;

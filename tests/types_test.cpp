@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 static_assert(moe::RowMajorTokens<moe::RowMatrix<float>>);
 static_assert(moe::RowMajorTokens<decltype(std::declval<moe::RowMatrix<float>&>().middleRows(0, 1))>);

@@ -8,7 +8,7 @@
 
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::ExpertBatch;
 using moe::Index;

@@ -17,7 +17,7 @@
 #include <limits>
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::ExpertBatch;
 using moe::ExpertRunner;

@@ -13,7 +13,7 @@
 #include <string_view>
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 namespace ref = moe::test::reference;
 

@@ -13,7 +13,7 @@
 
 #include <span>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::ExpertConfig;
 using moe::Index;

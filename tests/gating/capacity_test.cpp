@@ -12,7 +12,7 @@
 #include <optional>
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Capacity;
 using moe::DropPolicy;
@@ -264,7 +264,7 @@ TYPED_TEST(CapacityTest, GateTopTwoTokenOrderAgainstTheReference) {
 
 }  // namespace
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 // Decimal factors give the capacity their decimal value: 1.1 · 25 · 4 / 2 = 55 exactly, although
 // the double product is 55.000000000000007.

@@ -14,7 +14,7 @@
 static_assert(moe::Gate<moe::DenseGate<float>>);
 static_assert(moe::Gate<moe::DenseGate<double>>);
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::DenseGateConfig;
 using moe::Index;

@@ -15,7 +15,7 @@
 static_assert(moe::Gate<moe::ExpertChoiceGate<float>>);
 static_assert(moe::Gate<moe::ExpertChoiceGate<double>>);
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::ExpertChoiceGateConfig;
 using moe::Index;

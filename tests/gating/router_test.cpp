@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <string>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 constexpr moe::Index kTokens = 7, kDModel = 8, kExperts = 4;
 

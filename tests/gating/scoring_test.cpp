@@ -10,7 +10,7 @@
 #include <limits>
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using moe::RowMatrix;

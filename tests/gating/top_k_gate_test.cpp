@@ -24,7 +24,7 @@ static_assert(moe::Gate<moe::TopKGate<double>>);
 static_assert(std::is_base_of_v<std::invalid_argument, moe::config_error>);
 static_assert(std::is_base_of_v<std::invalid_argument, moe::shape_error>);
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::DropPolicy;
 using moe::GroupScore;

@@ -11,7 +11,7 @@
 #include <limits>
 #include <random>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::detail::bf16_to_float;
 using moe::detail::float_to_bf16;

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::io::SafetensorsFile;
 using moe::test::floats;

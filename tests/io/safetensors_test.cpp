@@ -15,7 +15,7 @@
 #include <limits>
 #include <string>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using moe::RowMatrix;

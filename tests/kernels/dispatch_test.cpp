@@ -12,7 +12,7 @@
 #include <limits>
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::DispatchPlan;
 using moe::Index;

@@ -17,7 +17,7 @@
 #include <tuple>
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using moe::RowMatrix;

@@ -12,7 +12,7 @@
 #include <numeric>
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using Ids = std::vector<std::int32_t>;

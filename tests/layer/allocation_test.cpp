@@ -12,7 +12,7 @@
 #include <cstddef>
 #include <vector>
 
-namespace {
+namespace {  // the counter the replaced allocation functions below add to
 std::atomic<long> allocations{0};
 }  // namespace
 
@@ -51,7 +51,7 @@ int posix_memalign(void** out, std::size_t alignment, std::size_t size) {
 #endif
 
 namespace moe {
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using test::random_matrix;
 using namespace test::cases;

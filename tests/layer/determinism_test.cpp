@@ -18,7 +18,7 @@
 #endif
 
 namespace moe {
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using test::random_matrix;
 using namespace test::cases;

@@ -21,7 +21,7 @@
 #include <functional>
 #include <utility>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using moe::Mode;
@@ -272,7 +272,7 @@ TEST(SparseMoETraining, ParameterNamesFollowTheParts) {
 
 }  // namespace
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 // y may be x itself, with shared experts (which read x) and in training (which keeps x).
 TEST(SparseMoEInPlace, ForwardIntoItsOwnInput) {

@@ -11,7 +11,7 @@
 #include <vector>
 
 namespace moe {
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using test::random_matrix;
 using namespace test::cases;

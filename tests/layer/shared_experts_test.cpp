@@ -9,7 +9,7 @@
 #include <cmath>
 
 namespace moe {
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using test::random_matrix;
 using test::reference_shared_row;

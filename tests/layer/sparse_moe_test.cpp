@@ -14,7 +14,7 @@
 #include <vector>
 
 namespace moe {
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using test::random_matrix;
 using test::reference_layer_forward;

@@ -11,7 +11,7 @@
 #include <limits>
 #include <vector>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 namespace tl = moe::test::loss;

@@ -14,7 +14,7 @@
 
 #include <gtest/gtest.h>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using moe::Scoring;

@@ -18,7 +18,7 @@
 #define MOE_PARITY_FIXTURES ""
 #endif
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::Index;
 using moe::RowMatrix;

@@ -9,7 +9,7 @@
 
 #include <gtest/gtest.h>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 struct PlainSgd {
   static constexpr const char* kWho = "Sgd::step";

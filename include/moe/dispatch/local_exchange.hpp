@@ -66,11 +66,13 @@ struct LocalExchange {
   }
 
   // d_out[row(t, j)] = w[t, j] · d_y[t]; d_weight[t, j] = ⟨d_y[t], out[row(t, j)]⟩ (0 for a slot with
-  // no row).  d_y: [T, d_model];  d_out: [num_rows, d_model], d_weight: [T, k] (overwritten)
+  // no row).  requires: batch from a training forward (its outputs unscaled);
+  //   d_y: [T, d_model];  d_out: [num_rows, d_model], d_weight: [T, k] (overwritten)
   template <class S>
   void combine_backward(const RoutingPlan<S>& plan, const Record& record, const ExpertBatch<S>& batch,
                         std::type_identity_t<ConstMatrixRef<S>> d_y, std::type_identity_t<MatrixRef<S>> d_out,
                         std::type_identity_t<MatrixRef<S>> d_weight) const {
+    MOE_ASSERT(!batch.scaled);
     const Index T = plan.num_tokens(), k = plan.slots_per_token();
     d_weight.setZero();
     for (Index t = 0; t < T; ++t)

@@ -173,7 +173,7 @@ void multiply_bank(const PackedBank<F>& bank, Index e, Index m, Index depth, con
 // The store of an output projection's tile: rows [i0, i0 + mr) of y, columns [p·kNR, …) =
 // scale[row] · (tile + bias) — scale (the routing weights, per row from i0) and bias optional.
 template <class F>
-void store_output_tile(MatrixRef<typename F::Scalar>& y, Index i0, Index mr, Index p, const typename F::Scalar* tile,
+void store_output_tile(MatrixRef<typename F::Scalar> y, Index i0, Index mr, Index p, const typename F::Scalar* tile,
                        const typename F::Scalar* scale, const typename F::Scalar* bias) {
   using S = typename F::Scalar;
   constexpr int NR = F::kNR;

@@ -4,7 +4,7 @@
 
 #include <string>
 
-namespace {
+namespace MOE_TEST_FILE_ID {
 
 using moe::io::json::parse;
 using moe::io::json::Value;
