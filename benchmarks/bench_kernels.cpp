@@ -91,7 +91,7 @@ void BM_Kernel_Micro(benchmark::State& state, int mr) {
   AlignedVector<typename F::Weight> b(static_cast<std::size_t>(depth * F::kNR));
   F::pack_weight_rows(moe::RowMatrix<S>::Random(F::kNR, depth), b.data(), 0);
   AlignedVector<S> tile(static_cast<std::size_t>(mr * F::kNR));
-  const moe::kernels::Lines nothing_ahead;
+  const moe::kernels::detail::Lines nothing_ahead;
   const auto kernel = F::micro_kernels[static_cast<std::size_t>(mr - 1)];
   const double seconds = time_iterations(state, false, [&] {
     kernel(depth, a.data(), b.data(), tile.data(), F::kNR, false, nothing_ahead);
@@ -145,7 +145,7 @@ void BM_Kernel_PackedProduct(benchmark::State& state, const Shape& s, Index num_
     moe::kernels::store_output_tile<F>(out, i0, mr, p, tile, nullptr, nullptr);
   };
   const double seconds = time_iterations(state, evicts_caches(s, num_tokens), [&] {
-    moe::kernels::multiply_packed<F>(num_tokens, depth, a.data(), b.data(), 0, panels, tiles.data(), store);
+    moe::kernels::detail::multiply_packed<F>(num_tokens, depth, a.data(), b.data(), 0, panels, tiles.data(), store);
     benchmark::DoNotOptimize(y.data());
   });
   add_flops(state, 2.0 * static_cast<double>(num_tokens * n * depth), seconds, num_tokens > kDecodeTokens);

@@ -40,9 +40,9 @@ TYPED_TEST(BlockingTest, TilesAndBlocksHaveTheirDocumentedSizes) {
 
 // A packet's elements, in order.
 template <class S>
-std::vector<S> elements(const moe::kernels::simd::Packet<S>& p) {
+std::vector<S> elements(const moe::kernels::detail::simd::Packet<S>& p) {
   std::vector<S> out(static_cast<std::size_t>(Blocking<S>::kPacket));
-  moe::kernels::simd::store<S>(out.data(), p);
+  moe::kernels::detail::simd::store<S>(out.data(), p);
   return out;
 }
 
@@ -50,7 +50,7 @@ std::vector<S> elements(const moe::kernels::simd::Packet<S>& p) {
 // multiply-add is fused or not), from and to addresses that are not packet-aligned.
 TYPED_TEST(BlockingTest, PacketOperationsActElementByElement) {
   using S = TypeParam;
-  namespace simd = moe::kernels::simd;
+  namespace simd = moe::kernels::detail::simd;
   constexpr Index P = Blocking<S>::kPacket;
   std::vector<S> a(P + 1), b(P + 1);
   for (Index i = 0; i <= P; ++i) {
@@ -79,7 +79,7 @@ TYPED_TEST(BlockingTest, LoadTransposedTransposesTheBlock) {
   for (Index rows = P; rows >= 1; --rows) {
     SCOPED_TRACE(testing::Message() << "rows " << rows);
     const RowMatrix<S> m = random_matrix<S>(rows, stride, 1);  // exactly `rows` rows
-    const auto block = moe::kernels::simd::load_transposed<S>(m.data() + 1, stride, rows);
+    const auto block = moe::kernels::detail::simd::load_transposed<S>(m.data() + 1, stride, rows);
     for (Index j = 0; j < P; ++j) {
       const std::vector<S> column = elements<S>(block.packet[j]);
       for (Index i = 0; i < P; ++i)
@@ -93,7 +93,7 @@ TYPED_TEST(BlockingTest, LoadTransposedTransposesTheBlock) {
 // keep their values once stream_fence has ordered the stores.
 TYPED_TEST(BlockingTest, StoreStreamingStoresThePacket) {
   using S = TypeParam;
-  namespace simd = moe::kernels::simd;
+  namespace simd = moe::kernels::detail::simd;
   constexpr Index P = Blocking<S>::kPacket;
   const RowMatrix<S> values = random_matrix<S>(1, P, 2);
   const auto packet = simd::load<S>(values.data());

@@ -58,7 +58,7 @@ TYPED_TEST(FormatTest, PackInputIsPackAInInputSizeScalars) {
       const auto size = static_cast<std::size_t>(F::input_size(m, depth));
       std::vector<S> by_format(size + 8, S(-2)), by_pack_a(size, S(-3));
       F::pack_input(view, m, depth, by_format.data());
-      moe::kernels::pack_a<S>(view, m, depth, by_pack_a.data());
+      moe::kernels::detail::pack_a<S>(view, m, depth, by_pack_a.data());
       EXPECT_TRUE(std::equal(by_pack_a.begin(), by_pack_a.end(), by_format.begin())) << (transposed ? "transposed" : "");
       EXPECT_TRUE(std::all_of(by_format.begin() + static_cast<std::ptrdiff_t>(size), by_format.end(),
                               [](S v) { return v == S(-2); }));
@@ -75,7 +75,7 @@ TYPED_TEST(FormatTest, PackWeightRowsIsPackRowsAsColumns) {
   const RowMatrix<S> w = random_matrix<S>(count, depth, 2);
   std::vector<S> by_format(static_cast<std::size_t>(depth * NR), S(-5)), by_packing = by_format;
   F::pack_weight_rows(w, by_format.data(), column);
-  moe::kernels::pack_rows_as_columns<S>(w, by_packing.data(), column);
+  moe::kernels::detail::pack_rows_as_columns<S>(w, by_packing.data(), column);
   EXPECT_EQ(by_format, by_packing);
   EXPECT_EQ(by_format[0], S(-5)) << "column 0 is not one of the rows'";
 }
@@ -112,7 +112,7 @@ TYPED_TEST(FormatTest, MicroKernelsMatchAPlainLoopForEveryRowCount) {
     const std::vector<S> a(a_values.data(), a_values.data() + a_values.size());
     const RowMatrix<double> expected = product(unpacked_a(a, mr, depth), unpacked_b(b.data(), depth));
     const RowMatrix<S> before = random_matrix<S>(mr, stride, 5);
-    const moe::kernels::Lines none, panel{reinterpret_cast<const char*>(b.data()), 2, 2 * moe::kernels::kLine, 0};
+    const moe::kernels::detail::Lines none, panel{reinterpret_cast<const char*>(b.data()), 2, 2 * moe::kernels::kLine, 0};
     const auto kernel = F::micro_kernels[static_cast<std::size_t>(mr - 1)];
     for (const bool accumulate : {false, true}) {
       SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
@@ -134,7 +134,7 @@ TYPED_TEST(FormatTest, MicroKernelsMatchAPlainLoopForEveryRowCount) {
 TYPED_TEST(FormatTest, StreamPanelsMatchAPlainLoopAndTheMicroKernel) {
   using S = TypeParam;
   using F = Native<S>;
-  constexpr Index NR = F::kNR, W = moe::kernels::kStreams;
+  constexpr Index NR = F::kNR, W = moe::kernels::detail::kStreams;
   const Index depth = 37, panels = 2 * W + 1;
   const RowMatrix<S> b = random_matrix<S>(panels * depth, NR, 6);  // panel p at rows [p·depth, …)
   for (Index m = 1; m <= F::kMR / W; ++m) {

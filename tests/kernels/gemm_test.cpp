@@ -89,8 +89,8 @@ TYPED_TEST(GemmTest, ThreadsGiveTheSameBitsAsOne) {
     }
   }
   constexpr Index NR = Blocking<S>::kNR;
-  static_assert(moe::kernels::gemm_column_range<S>(16 * NR + 2, 2) == 9 * NR);  // 17 panels: 9 and 8
-  static_assert(moe::kernels::gemm_column_range<S>(NR - 1, 3) == NR - 1);       // one panel: no split
+  static_assert(moe::kernels::detail::gemm_column_range<S>(16 * NR + 2, 2) == 9 * NR);  // 17 panels: 9 and 8
+  static_assert(moe::kernels::detail::gemm_column_range<S>(NR - 1, 3) == NR - 1);       // one panel: no split
   static_assert(moe::kernels::gemm_workspace_size<S>(20, NR - 1, 600, 3) ==
                 moe::kernels::gemm_workspace_size<S>(20, NR - 1, 600));
 }
@@ -135,7 +135,7 @@ TYPED_TEST(GemmTest, ColumnRangesAreWholePanelsAsEvenAsTheyGo) {
   for (Index n = 1; n <= 6 * NR + 1; ++n)
     for (int threads = 1; threads <= 5; ++threads) {
       SCOPED_TRACE(testing::Message() << "n " << n << ", " << threads << " threads");
-      const Index range = moe::kernels::gemm_column_range<S>(n, threads), ranges = (n + range - 1) / range;
+      const Index range = moe::kernels::detail::gemm_column_range<S>(n, threads), ranges = (n + range - 1) / range;
       EXPECT_TRUE(range == n || range % NR == 0) << "range " << range;
       EXPECT_LE(ranges, threads);
       if (range > NR) {
@@ -148,7 +148,7 @@ TYPED_TEST(GemmTest, ColumnRangesAreWholePanelsAsEvenAsTheyGo) {
 // panel, however deep).
 TYPED_TEST(GemmTest, BlocksOfBAreWholePanelsWithinOneMegabyte) {
   using S = TypeParam;
-  using Blocks = moe::kernels::GemmBlocks<S>;
+  using Blocks = moe::kernels::detail::GemmBlocks<S>;
   constexpr Index NR = Blocking<S>::kNR;
   for (const Index kc : {Index{1}, Index{40}, Blocks::kKC, Index{100000}}) {
     const Index nc = Blocks::nc(kc);

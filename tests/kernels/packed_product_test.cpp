@@ -39,12 +39,12 @@ class PackedProduct {
   PackedProduct(const RowMatrix<S>& a, const RowMatrix<S>& b)
       : m_(a.rows()), n_(b.cols()), depth_(a.cols()), pa_(static_cast<std::size_t>(m_ * depth_)),
         pb_(static_cast<std::size_t>(panels() * depth_ * kNR)), tiles_(static_cast<std::size_t>(m_ * kNR)) {
-    moe::kernels::pack_a<S>(moe::kernels::strided<S>(a), m_, depth_, pa_.data());
-    moe::kernels::pack_b<S>(moe::kernels::strided<S>(b), depth_, n_, pb_.data());
+    moe::kernels::detail::pack_a<S>(moe::kernels::strided<S>(a), m_, depth_, pa_.data());
+    moe::kernels::detail::pack_b<S>(moe::kernels::strided<S>(b), depth_, n_, pb_.data());
   }
   Index panels() const { return moe::kernels::num_panels<S>(n_); }
   void multiply(Index p_begin, Index p_end, RowMatrix<S>& c) {
-    moe::kernels::multiply_packed<Native<S>>(m_, depth_, pa_.data(), pb_.data(), p_begin, p_end, tiles_.data(),
+    moe::kernels::detail::multiply_packed<Native<S>>(m_, depth_, pa_.data(), pb_.data(), p_begin, p_end, tiles_.data(),
                                              [&](Index i0, Index mr, Index p, const S* tile) {
       for (Index i = 0; i < mr; ++i)
         for (Index j = p * kNR; j < std::min(n_, (p + 1) * kNR); ++j) c(i0 + i, j) = tile[i * kNR + j - p * kNR];
@@ -81,7 +81,7 @@ TYPED_TEST(PackedProductTest, PanelRangesGiveTheSameBitsAsTheWholeProduct) {
 TYPED_TEST(PackedProductTest, DecodeStreamsGiveTheSameBitsAsOnePanelAtATime) {
   using S = TypeParam;
   constexpr Index NR = Blocking<S>::kNR, MR = Blocking<S>::kMR;
-  const Index n = (2 * moe::kernels::kStreams + 1) * NR - 5, depth = Blocking<S>::kKC + 17;
+  const Index n = (2 * moe::kernels::detail::kStreams + 1) * NR - 5, depth = Blocking<S>::kKC + 17;
   for (Index m = 1; m <= MR; ++m) {
     SCOPED_TRACE(testing::Message() << "m " << m);
     const RowMatrix<S> a = random_matrix<S>(m, depth, 7), b = random_matrix<S>(depth, n, 8);
@@ -98,11 +98,11 @@ TYPED_TEST(PackedProductTest, DecodeStreamsGiveTheSameBitsAsOnePanelAtATime) {
 // not zero).
 TYPED_TEST(PackedProductTest, NoRowsStoresNothing) {
   using S = TypeParam;
-  const Index panels = 2 * moe::kernels::kStreams, depth = 5;
+  const Index panels = 2 * moe::kernels::detail::kStreams, depth = 5;
   const std::vector<S> pb(static_cast<std::size_t>(panels * depth * Blocking<S>::kNR), S(1));
   std::vector<S> tiles(1);
   int stores = 0;
-  moe::kernels::multiply_packed<Native<S>>(0, depth, nullptr, pb.data(), 0, panels, tiles.data(),
+  moe::kernels::detail::multiply_packed<Native<S>>(0, depth, nullptr, pb.data(), 0, panels, tiles.data(),
                                            [&](Index, Index, Index, const S*) { ++stores; });
   EXPECT_EQ(stores, 0);
 }

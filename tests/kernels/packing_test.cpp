@@ -62,11 +62,11 @@ TYPED_TEST(PackingTest, PackedLayoutsAreTheDocumentedOnes) {
   for (const bool transposed : {false, true}) {
     SCOPED_TRACE(transposed ? "operands stored transposed" : "operands stored as they are");
     std::vector<S> packed_b(static_cast<std::size_t>(moe::kernels::num_panels<S>(n) * depth * NR), S(-1));
-    moe::kernels::pack_b<S>(transposed ? moe::kernels::strided<S>(b_t).transposed() : moe::kernels::strided<S>(b), depth,
+    moe::kernels::detail::pack_b<S>(transposed ? moe::kernels::strided<S>(b_t).transposed() : moe::kernels::strided<S>(b), depth,
                             n, packed_b.data());
     expect_b_panels(packed_b, b);
     std::vector<S> packed_a(static_cast<std::size_t>(m * depth));
-    moe::kernels::pack_a<S>(transposed ? moe::kernels::strided<S>(a_t).transposed() : moe::kernels::strided<S>(a), m,
+    moe::kernels::detail::pack_a<S>(transposed ? moe::kernels::strided<S>(a_t).transposed() : moe::kernels::strided<S>(a), m,
                             depth, packed_a.data());
     expect_a_micro_panels(packed_a, a);
   }
@@ -92,10 +92,10 @@ TYPED_TEST(PackingTest, OperandsWithNoUnitStridePackTheSame) {
       return transposed ? Strided<S>{wide_t.data(), 1, 2 * wide_t.outerStride()} : Strided<S>{wide.data(), wide.outerStride(), 2};
     };
     std::vector<S> packed_b(static_cast<std::size_t>(moe::kernels::num_panels<S>(n) * depth * NR), S(-1));
-    moe::kernels::pack_b<S>(every_other(wide_b, wide_b_t), depth, n, packed_b.data());
+    moe::kernels::detail::pack_b<S>(every_other(wide_b, wide_b_t), depth, n, packed_b.data());
     expect_b_panels(packed_b, b);
     std::vector<S> packed_a(static_cast<std::size_t>(m * depth), S(-1));
-    moe::kernels::pack_a<S>(every_other(wide_a, wide_a_t), m, depth, packed_a.data());
+    moe::kernels::detail::pack_a<S>(every_other(wide_a, wide_a_t), m, depth, packed_a.data());
     expect_a_micro_panels(packed_a, a);
   }
 }
@@ -110,7 +110,7 @@ TYPED_TEST(PackingTest, RowMajorBOfAnyDepth) {
     const Index n = 3 * NR - 1;
     const RowMatrix<S> b = random_matrix<S>(depth, n, 7);
     std::vector<S> packed_b(static_cast<std::size_t>(moe::kernels::num_panels<S>(n) * depth * NR), S(-1));
-    moe::kernels::pack_b<S>(moe::kernels::strided<S>(b), depth, n, packed_b.data());
+    moe::kernels::detail::pack_b<S>(moe::kernels::strided<S>(b), depth, n, packed_b.data());
     expect_b_panels(packed_b, b);
   }
 }
@@ -130,7 +130,7 @@ TYPED_TEST(PackingTest, RowsAsColumnsFillOnlyTheirColumns) {
     const RowMatrix<S> wide = random_matrix<S>(c.count, c.depth + 3, 8);
     const moe::ConstMatrixRef<S> w = wide.leftCols(c.depth);
     std::vector<S> panel(static_cast<std::size_t>(c.depth * NR), S(-7));
-    moe::kernels::pack_rows_as_columns<S>(w, panel.data(), c.column);
+    moe::kernels::detail::pack_rows_as_columns<S>(w, panel.data(), c.column);
     for (Index k = 0; k < c.depth; ++k)
       for (Index j = 0; j < NR; ++j) {
         const bool written = j >= c.column && j < c.column + c.count;
@@ -167,7 +167,7 @@ TYPED_TEST(PackingTest, StreamRowsCopiesExactlyTheRowsWhateverTheAlignment) {
     SCOPED_TRACE(testing::Message() << "offset " << offset << ", stride " << stride);
     moe::detail::AlignedVector<S> to(static_cast<std::size_t>(offset + rows * stride), S(-3));
     moe::kernels::stream_rows<S>(from.data() + P, 2 * P, rows, to.data() + offset, stride);
-    moe::kernels::simd::stream_fence();
+    moe::kernels::stream_fence();
     for (Index i = 0; i < offset + rows * stride; ++i) {
       const Index row = (i - offset) / stride, column = (i - offset) % stride;
       const bool written = i >= offset && column < P;

@@ -159,7 +159,7 @@ class FfnExpert {
       }
       Out(a + at, mr, units, Eigen::OuterStride<>(f)) = t;
     });
-    if (keep) kernels::simd::stream_fence();
+    if (keep) kernels::stream_fence();
   }
 
   // y = scale ⊙ (h·w2ᵀ + b2).

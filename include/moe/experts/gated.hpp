@@ -161,7 +161,7 @@ class GatedExpert {
       Out(h1 + at, mr, units, Eigen::OuterStride<>(f)) = Tile(tile, mr, units, Eigen::OuterStride<>(kNR));
       Out(h3 + at, mr, units, Eigen::OuterStride<>(f)) = Tile(tile + kUnits, mr, units, Eigen::OuterStride<>(kNR));
     });
-    if (keep) kernels::simd::stream_fence();
+    if (keep) kernels::stream_fence();
   }
 
   // y = scale ⊙ h·w2ᵀ.

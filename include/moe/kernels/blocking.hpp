@@ -1,6 +1,6 @@
 // The kernels' register and cache blocking, and the packet operations they are written in: the
 // one header that uses Eigen's internals (its packet types and primitives for SSE, AVX, AVX-512,
-// NEON… whatever Eigen vectorises for). Every other kernel reaches the vector unit through simd::.
+// NEON… whatever Eigen vectorises for). Every other kernel reaches the vector unit through detail::simd::.
 #pragma once
 
 #include "moe/types.hpp"
@@ -37,7 +37,7 @@ constexpr Index num_panels(Index n) {
 #endif
 
 // One packet of S: loads and stores (unaligned), a broadcast, a multiply-add.
-namespace simd {
+namespace detail::simd {
 
 template <class S>
 using Packet = typename Blocking<S>::Packet;
@@ -107,7 +107,7 @@ inline void stream_fence() {
 #endif
 }
 
-}  // namespace simd
+}  // namespace detail::simd
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop

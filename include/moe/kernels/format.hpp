@@ -31,15 +31,15 @@ struct NativeFormat {
 
   // Rows of w [count, depth] as columns [column, column + count) of a panel [depth][kNR].
   static void pack_weight_rows(ConstMatrixRef<S> w, Weight* panel, Index column) {
-    pack_rows_as_columns<S>(w, panel, column);
+    detail::pack_rows_as_columns<S>(w, panel, column);
   }
   // Inputs pack_input writes for an m × depth A.
   static constexpr Index input_size(Index m, Index depth) { return m * depth; }
-  static void pack_input(Strided<S> a, Index m, Index depth, Input* out) { pack_a<S>(a, m, depth, out); }
+  static void pack_input(Strided<S> a, Index m, Index depth, Input* out) { detail::pack_a<S>(a, m, depth, out); }
 
   // micro_kernels[mr − 1](depth, a, b, tile, tile_stride, accumulate, ahead): see micro_kernel.hpp.
   static constexpr auto micro_kernels = detail::micro_kernels<S>(std::make_index_sequence<kMR>{});
-  // Decode, for m ≤ kMR / kStreams rows: see detail::stream_panels.
+  // Decode, for m ≤ kMR / detail::kStreams rows: see detail::stream_panels.
   template <class Store>
   static Index stream_panels(Index m, Index depth, const Input* a, const Weight* b, Index p_begin, Index p_end,
                              Store&& store) {

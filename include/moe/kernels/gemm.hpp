@@ -18,6 +18,7 @@
 #include <utility>
 
 namespace moe::kernels {
+namespace detail {
 
 // c (+)= A·B for one of gemm()'s blocks: A packed by pack_a (m × depth), B by pack_b (depth × n),
 // c [m, n] with rows c_stride apart. As in multiply_packed, a block of a B panel stays in L1 while
@@ -30,7 +31,7 @@ void multiply_into(Index m, Index n, Index depth, const S* a, const S* b, S* c, 
                    S* tile) {
   constexpr int MR = Blocking<S>::kMR, NR = Blocking<S>::kNR;
   constexpr Index KC = Blocking<S>::kKC, row_bytes = std::max<Index>(kLine, NR * Index(sizeof(S)) / kLine * kLine);
-  static constexpr auto kernels = detail::micro_kernels<S>(std::make_index_sequence<MR>{});
+  static constexpr auto kernels = micro_kernels<S>(std::make_index_sequence<MR>{});
   const auto rows_of_c = [&](const S* at, Index rows) {
     return Lines{reinterpret_cast<const char*>(at), rows * row_bytes / kLine, row_bytes, c_stride * Index(sizeof(S))};
   };
@@ -92,11 +93,14 @@ constexpr Index gemm_column_range(Index n, int threads) {
   return std::min(n, (panels + ranges - 1) / ranges * Blocking<S>::kNR);
 }
 
+}  // namespace detail
+
 // Scratch scalars gemm() needs for C [m, n] and the given depth (on `threads` threads: a share per
 // thread when the columns are split, one workspace when they are too few to split).
 template <class S>
 constexpr Index gemm_workspace_size(Index m, Index n, Index depth, int threads = 1) {
-  if (const Index range = gemm_column_range<S>(n, threads); range < n)
+  using detail::GemmBlocks;
+  if (const Index range = detail::gemm_column_range<S>(n, threads); range < n)
     return threads * gemm_workspace_size<S>(m, range, depth);
   const Index kc = std::min(GemmBlocks<S>::kKC, depth), mc = std::min(GemmBlocks<S>::kMC, m);
   const Index nc = num_panels<S>(std::min(GemmBlocks<S>::nc(kc), n)) * Blocking<S>::kNR;
@@ -114,10 +118,11 @@ template <class S>
 void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumulate, std::span<S> workspace,
           int threads = 1) {
   constexpr int NR = Blocking<S>::kNR;
+  using detail::GemmBlocks;
   constexpr Index KC = GemmBlocks<S>::kKC, MC = GemmBlocks<S>::kMC;
   const Index m = c.rows(), n = c.cols();
   if (m == 0 || n == 0) return;
-  if (const Index range = gemm_column_range<S>(n, threads); range < n) {
+  if (const Index range = detail::gemm_column_range<S>(n, threads); range < n) {
     const auto share = static_cast<std::size_t>(gemm_workspace_size<S>(m, range, depth));
     MOE_ASSERT(workspace.size() >= share * static_cast<std::size_t>(threads));
     moe::detail::parallel_for((n + range - 1) / range, threads, [&](Index r, int thread) {
@@ -142,11 +147,11 @@ void gemm(Strided<S> a, Strided<S> b, Index depth, MatrixRef<S> c, bool accumula
     for (Index k0 = 0; k0 < depth; k0 += KC) {
       const Index kc = std::min(KC, depth - k0);
       const bool add = accumulate || k0 > 0;
-      pack_b(Strided<S>{b.data + k0 * b.row_stride + j0 * b.col_stride, b.row_stride, b.col_stride}, kc, nc, packed_b);
+      detail::pack_b(Strided<S>{b.data + k0 * b.row_stride + j0 * b.col_stride, b.row_stride, b.col_stride}, kc, nc, packed_b);
       for (Index i0 = 0; i0 < m; i0 += MC) {
         const Index mc = std::min(MC, m - i0);
-        pack_a(Strided<S>{a.data + i0 * a.row_stride + k0 * a.col_stride, a.row_stride, a.col_stride}, mc, kc, packed_a);
-        multiply_into<S>(mc, nc, kc, packed_a, packed_b, &c(i0, j0), c.outerStride(), add, tile);
+        detail::pack_a(Strided<S>{a.data + i0 * a.row_stride + k0 * a.col_stride, a.row_stride, a.col_stride}, mc, kc, packed_a);
+        detail::multiply_into<S>(mc, nc, kc, packed_a, packed_b, &c(i0, j0), c.outerStride(), add, tile);
       }
     }
   }

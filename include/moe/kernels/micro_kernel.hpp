@@ -11,7 +11,7 @@
 #include <cstddef>
 #include <utility>
 
-namespace moe::kernels {
+namespace moe::kernels::detail {
 
 // Decode: with at most kMR / kStreams rows, kStreams panels are read at a time (as many
 // accumulators as the main kernel), so that several streams from memory are in flight; above
@@ -24,8 +24,6 @@ struct Lines {
   const char* at = nullptr;
   Index count = 0, run = 0, stride = 0;
 };
-
-namespace detail {
 
 // tile[i][c] (+)= Σ_k a[k·MR + i] · b[k·kNR + c]   for i < MR, c < kNR; row i of the tile starts
 // at tile + i · tile_stride, and is added to when accumulate, overwritten otherwise. On the way it
@@ -129,5 +127,4 @@ Index stream_panels(Index m, Index depth, const S* a, const S* b, Index p_begin,
   return p_begin;
 }
 
-}  // namespace detail
-}  // namespace moe::kernels
+}  // namespace moe::kernels::detail

@@ -26,6 +26,8 @@ struct Ahead {
   std::array<Index, 2> bytes{};
 };
 
+namespace detail {
+
 // For every panel p ∈ [p_begin, p_end) of the packed B and every micro-panel of the packed A (m rows):
 // tile = A[rows i0 … i0 + mr) · B[panel p], then store(i0, mr, p, tile), tile being [mr][kNR]
 // row-major. The depth is walked in blocks of kKC, so that the block of the B panel in use stays in
@@ -100,6 +102,8 @@ void multiply_packing_panels(Index m, Index depth, const typename F::Input* a, I
   }
 }
 
+}  // namespace detail
+
 // One projection's weights of every expert, packed as B operands (pack_b's panels) expert by expert
 // on first use and kept until clear(): whoever owns the weights calls clear() whenever they may
 // have changed. Experts never used are never packed (nor allocated).
@@ -165,9 +169,9 @@ constexpr Index bank_work_size(Index m, Index depth) {
 template <class F, class Pack, class Source, class Store>
 void multiply_bank(const PackedBank<F>& bank, Index e, Index m, Index depth, const typename F::Input* a, Index p_begin,
                    Index p_end, typename F::Scalar* work, Pack&& pack, Source&& source, Store&& store) {
-  if (bank.packed(e)) return multiply_packed<F>(m, depth, a, bank[e], p_begin, p_end, work, store);
+  if (bank.packed(e)) return detail::multiply_packed<F>(m, depth, a, bank[e], p_begin, p_end, work, store);
   auto* const panel = reinterpret_cast<typename F::Weight*>(work + m * F::kNR);
-  multiply_packing_panels<F>(m, depth, a, p_begin, p_end, panel, work, pack, source, store);
+  detail::multiply_packing_panels<F>(m, depth, a, p_begin, p_end, panel, work, pack, source, store);
 }
 
 // The store of an output projection's tile: rows [i0, i0 + mr) of y, columns [p·kNR, …) =

@@ -28,6 +28,8 @@ Strided<S> strided(ConstMatrixRef<S> m) {
   return {m.data(), m.outerStride(), 1};
 }
 
+namespace detail {
+
 // to[0, N) = from[0, N) as a few vector moves (a loop over N elements becomes scalar moves, as the
 // compiler must assume the two overlap; std::copy_n of a run-time count is a memmove call).
 template <int N, class S>
@@ -134,16 +136,22 @@ void pack_a(Strided<S> a, Index m, Index depth, S* out) {
   }
 }
 
+}  // namespace detail
+
 // to[i·to_stride + c] = from[i·from_stride + c] for i < rows, c < kPacket, with non-temporal
 // stores where the rows of `to` are aligned to a packet: for results that are read much later
 // (what a training forward keeps for backward), which ordinary stores would first read from memory
 // (a store to a line not in cache fetches it) and which would push the data in use out of cache.
-// Call simd::stream_fence() before anything else reads them.
+// Call stream_fence() before anything else reads them.
 template <class S>
 void stream_rows(const S* from, Index from_stride, Index rows, S* to, Index to_stride) {
+  namespace simd = detail::simd;
   constexpr auto bytes = Index(sizeof(simd::Packet<S>));
   const bool aligned = reinterpret_cast<std::uintptr_t>(to) % bytes == 0 && to_stride * Index(sizeof(S)) % bytes == 0;
   for (Index i = 0; i < rows; ++i) simd::store_streaming<S>(to + i * to_stride, simd::load<S>(from + i * from_stride), aligned);
 }
+
+// Orders stream_rows' stores before the stores that follow (another thread reads them after one).
+inline void stream_fence() { detail::simd::stream_fence(); }
 
 }  // namespace moe::kernels
