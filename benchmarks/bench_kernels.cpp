@@ -7,19 +7,20 @@
 //   bench_kernels --benchmark_min_time=0.05
 //   bench_kernels --benchmark_filter='Micro|Machine'       # the micro-kernel against the FMA peak
 // Read (Google Benchmark appends /real_time to every name; Time is wall-clock):
-//   BM_Kernel_Micro/<format>/mr:<mr>   one call of the format's micro-kernel (micro_kernels[mr − 1])
+//   BM_Kernel_Micro/<format>/<isa>/mr:<mr>   one call of the format's micro-kernel (micro[mr − 1])
+//                 of the ISA path <isa> (moe::Isa: each rung of this machine with kernels of its own)
 //                 on an A micro-panel of mr rows and a block of a B panel, both packed and both in
 //                 L1 (depth kKC / 2: 16 KB of B for f32), tile [mr][kNR] overwritten; Time in ns.
 //                 Every accumulator waits for its previous FMA, so few rows cannot fill the FMA
 //                 units: mr = kMR is the kernel that the products run on, fewer rows are edge tiles.
-//   BM_Kernel_PackedProduct/<format>/<shape>/T:<T>   multiply_packed (kernels/packed_product.hpp)
+//   BM_Kernel_PackedProduct/<format>/<isa>/<shape>/T:<T>   multiply_packed (kernels/packed_product.hpp)
 //                 on the up projection of one expert (w1 and w3 stacked, [2·d_ff, d_model], as
 //                 GatedExpert multiplies them in one product), packed once into the format's panels:
 //                 x [T, d_model], packed outside the clock, times the panels, each tile stored into
-//                 y [T, 2·d_ff] by store_output_tile. T ≤ kMR / kStreams (3 for f32) runs decode's
+//                 y [T, 2·d_ff] by store_output_tile. T ≤ the ISA's stream_rows (3 on avx512) runs decode's
 //                 kernel. Decode (T ≤ 16) of a shape whose layer exceeds the L3 evicts the caches
 //                 between iterations, outside the clock, as bench_layer does. mixtral-8x7b: T ≤ 16.
-//   BM_Kernel_Gemm/<scalar>/<shape>/T:<T>/<product>   kernels::gemm (kernels/gemm.hpp), the
+//   BM_Kernel_Gemm/<scalar>/<isa>/<shape>/T:<T>/<product>   kernels::gemm (kernels/gemm.hpp), the
 //                 backward's GEMM, always in the layer's scalar, on two products of one expert's
 //                 backward with T rows:
 //                   d_w1   d_w1 += d_h1ᵀ·x   [d_ff, d_model] += [d_ff, T]·[T, d_model]: a weight
@@ -44,6 +45,7 @@
 #include "shapes.hpp"
 
 #include <moe/detail/aligned_allocator.hpp>
+#include <moe/isa.hpp>
 #include <moe/kernels/format.hpp>
 #include <moe/kernels/gemm.hpp>
 #include <moe/kernels/packed_product.hpp>
@@ -84,7 +86,7 @@ AlignedVector<typename F::Input> packed_input(Index rows, Index cols) {
 }
 
 template <class F>
-void BM_Kernel_Micro(benchmark::State& state, int mr) {
+void BM_Kernel_Micro(benchmark::State& state, moe::Isa isa, int mr) {
   using S = typename F::Scalar;
   const Index depth = F::kKC / 2;
   const auto a = packed_input<F>(mr, depth);
@@ -92,7 +94,7 @@ void BM_Kernel_Micro(benchmark::State& state, int mr) {
   F::pack_weight_rows(moe::RowMatrix<S>::Random(F::kNR, depth), b.data(), 0);
   AlignedVector<S> tile(static_cast<std::size_t>(mr * F::kNR));
   const moe::kernels::detail::Lines nothing_ahead;
-  const auto kernel = F::micro_kernels[static_cast<std::size_t>(mr - 1)];
+  const auto kernel = F::kernels(isa).micro[static_cast<std::size_t>(mr - 1)];
   const double seconds = time_iterations(state, false, [&] {
     kernel(depth, a.data(), b.data(), tile.data(), F::kNR, false, nothing_ahead);
     benchmark::DoNotOptimize(tile.data());
@@ -132,8 +134,9 @@ std::span<const typename F::Weight> packed_up_projection(const Shape& s) {
 }
 
 template <class F>
-void BM_Kernel_PackedProduct(benchmark::State& state, const Shape& s, Index num_tokens) {
+void BM_Kernel_PackedProduct(benchmark::State& state, moe::Isa isa, const Shape& s, Index num_tokens) {
   using S = typename F::Scalar;
+  const moe::ScopedIsaCap cap(isa);
   const Index n = 2 * s.d_ff, depth = s.d_model;
   const std::span<const typename F::Weight> b = packed_up_projection<F>(s);
   const Index panels = static_cast<Index>(b.size()) / (depth * F::kNR);
@@ -156,8 +159,9 @@ void BM_Kernel_PackedProduct(benchmark::State& state, const Shape& s, Index num_
 enum class Product { d_w1, d_x };
 
 template <class S>
-void BM_Kernel_Gemm(benchmark::State& state, const Shape& s, Index num_tokens, Product product) {
+void BM_Kernel_Gemm(benchmark::State& state, moe::Isa isa, const Shape& s, Index num_tokens, Product product) {
   using moe::kernels::strided;
+  const moe::ScopedIsaCap cap(isa);
   using Matrix = moe::RowMatrix<S>;
   const Index d = s.d_model, f = s.d_ff;
   const Matrix d_h1 = Matrix::Random(num_tokens, f);
@@ -177,30 +181,35 @@ void BM_Kernel_Gemm(benchmark::State& state, const Shape& s, Index num_tokens, P
   add_rate(state, "GBps", weight_bytes * 1e-9 * static_cast<double>(state.iterations()));
 }
 
-// The benchmarks of weight format F: the micro-kernel at every row count, then the packed product
-// on every shape.
+// The benchmarks of weight format F on each ISA path of this machine that has kernels of its own
+// for F: the micro-kernel at every row count, then the packed product on every shape.
 template <class F>
 void register_format() {
-  for (int mr = 1; mr <= F::kMR; ++mr)
-    add("BM_Kernel_Micro/" + std::string(F::name) + "/mr:" + std::to_string(mr), BM_Kernel_Micro<F>, mr)
-        ->Unit(benchmark::kNanosecond);
-  for (const Shape& s : kShapes)
-    for (const Index num_tokens : token_counts(s))
-      add("BM_Kernel_PackedProduct/" + std::string(F::name) + "/" + std::string(s.name) + "/T:" +
-              std::to_string(num_tokens),
-          BM_Kernel_PackedProduct<F>, s, num_tokens);
+  for (const moe::Isa isa : moe::kernels::isa_paths<F>()) {
+    const std::string prefix = std::string(F::name) + "/" + std::string(moe::isa_name(isa)) + "/";
+    for (int mr = 1; mr <= F::kMR; ++mr)
+      add("BM_Kernel_Micro/" + prefix + "mr:" + std::to_string(mr), BM_Kernel_Micro<F>, isa, mr)
+          ->Unit(benchmark::kNanosecond);
+    for (const Shape& s : kShapes)
+      for (const Index num_tokens : token_counts(s))
+        add("BM_Kernel_PackedProduct/" + prefix + std::string(s.name) + "/T:" + std::to_string(num_tokens),
+            BM_Kernel_PackedProduct<F>, isa, s, num_tokens);
+  }
 }
 
 // kernels::gemm in scalar S (named as NativeFormat<S> is) on every shape but mixtral-8x7b.
 template <class S>
 void register_gemm() {
-  const std::string scalar = moe::kernels::NativeFormat<S>::name;
-  for (const Shape& s : kShapes) {
-    if (decode_only(s)) continue;
-    for (const Index num_tokens : token_counts(s))
-      for (const auto& [product, label] : {std::pair{Product::d_w1, "d_w1"}, std::pair{Product::d_x, "d_x"}})
-        add("BM_Kernel_Gemm/" + scalar + "/" + std::string(s.name) + "/T:" + std::to_string(num_tokens) + "/" + label,
-            BM_Kernel_Gemm<S>, s, num_tokens, product);
+  for (const moe::Isa isa : moe::kernels::isa_paths<moe::kernels::NativeFormat<S>>()) {
+    const std::string prefix =
+        std::string(moe::kernels::NativeFormat<S>::name) + "/" + std::string(moe::isa_name(isa)) + "/";
+    for (const Shape& s : kShapes) {
+      if (decode_only(s)) continue;
+      for (const Index num_tokens : token_counts(s))
+        for (const auto& [product, label] : {std::pair{Product::d_w1, "d_w1"}, std::pair{Product::d_x, "d_x"}})
+          add("BM_Kernel_Gemm/" + prefix + std::string(s.name) + "/T:" + std::to_string(num_tokens) + "/" + label,
+              BM_Kernel_Gemm<S>, isa, s, num_tokens, product);
+    }
   }
 }
 

@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
 
   // Expert FLOPs only: three [d_model x d_ff] projections, 2 FLOPs per multiply-add, per assignment.
   const double flops = 2.0 * 3.0 * double(d_model) * double(d_ff) * double(stats.assignments);
+  // The kernels are picked at run time for this CPU (MOE_ISA=generic|avx2|avx512|... caps them).
+  std::printf("kernels: %s (this CPU: %s)\n", layer.kernels().c_str(), moe::isa_name(moe::detected_isa()).data());
   std::printf("forward %.2f ms: %.0f tokens/s, %.1f GFLOP/s\n", 1e3 * seconds, double(num_tokens) / seconds,
               flops / seconds * 1e-9);
   std::printf("|y| = %.4f\n", y.norm());

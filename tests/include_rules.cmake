@@ -15,7 +15,7 @@ set(include_dir "${ROOT}/include")
 # Floor of a header, from its path under include/ (the first pattern that matches).
 function(floor_of path out)
   set(floors
-    "0:moe/(version|errors|types|random|routing|param_bank|parameters|concepts)\\.hpp$"
+    "0:moe/(version|errors|types|random|routing|param_bank|parameters|concepts|isa)\\.hpp$"
     "0:moe/detail/"
     "2:moe/kernels/"
     "2:moe/io/(dtype|npy|safetensors|safetensors_writer)\\.hpp$"

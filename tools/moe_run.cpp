@@ -121,7 +121,10 @@ int run(const Arguments& args) {
               moe::io::format_name(*format).data(), prefix.c_str(), (long long)layer.num_experts(),
               (long long)layer.gate().config().top_k, (long long)layer.d_model(), (long long)layer.experts().d_ff(),
               layer.shared() ? " + shared experts" : "", (long long)x.rows(), args.get("--output")->c_str());
-  if (args.stats) print_stats(layer.last_stats());
+  if (args.stats) {
+    std::printf("kernels: %s (this CPU: %s)\n", layer.kernels().c_str(), moe::isa_name(moe::detected_isa()).data());
+    print_stats(layer.last_stats());
+  }
 
   if (const auto* reference_path = args.get("--check")) {
     const auto reference = moe::io::NpyFile::open(*reference_path).read<float>();

@@ -23,13 +23,13 @@ template <class S>
 class BlockingTest : public ::testing::Test {};
 TYPED_TEST_SUITE(BlockingTest, moe::test::Scalars);
 
-// A tile is kMR × two packets; a block of a B panel is 32 KB; num_panels rounds up.
+// A tile is kMR × 128 bytes, whatever the packets (the packed layout does not depend on the ISA); a block of a B panel is 32 KB; num_panels rounds up.
 TYPED_TEST(BlockingTest, TilesAndBlocksHaveTheirDocumentedSizes) {
   using S = TypeParam;
   using B = Blocking<S>;
   static_assert(B::kPacket * sizeof(S) == sizeof(typename B::Packet));
-  static_assert(B::kNR == 2 * B::kPacket);
-  static_assert(B::kMR == 6 || B::kMR == 12);
+  static_assert(B::kNR * sizeof(S) == 128 && B::kNR % B::kPacket == 0);
+  static_assert(B::kMR == 12);
   static_assert(B::kKC * B::kNR * Index(sizeof(S)) == 32768);
   EXPECT_EQ(moe::kernels::num_panels<S>(0), 0);
   EXPECT_EQ(moe::kernels::num_panels<S>(1), 1);

@@ -2,6 +2,7 @@
 // not multiples of the micro-kernel's tile (kMR × kNR) nor of the depth block (kKC), with both
 // operand layouts the experts use (row-major and transposed); its threads, its workspace and its
 // column ranges.
+#include <moe/kernels/format.hpp>
 #include <moe/kernels/gemm.hpp>
 #include <moe/kernels/packing.hpp>
 
@@ -36,28 +37,31 @@ std::vector<std::tuple<Index, Index, Index>> shapes() {
   return {{1, 1, 1}, {1, 33, 70}, {13, 17, 5}, {25, 100, 600}, {150, 530, 40}, {7, 3, 1100}, {20, 700, 600}};
 }
 
-TYPED_TEST(GemmTest, MatchesATripleLoopForEveryLayoutAndShape) {
+TYPED_TEST(GemmTest, MatchesATripleLoopForEveryLayoutAndShapeOnEveryIsa) {
   using S = TypeParam;
-  for (const auto& [m, n, depth] : shapes()) {
-    SCOPED_TRACE(testing::Message() << "m " << m << ", n " << n << ", depth " << depth);
-    const RowMatrix<S> a = random_matrix<S>(m, depth, 1), b = random_matrix<S>(depth, n, 2);
-    const RowMatrix<S> a_t = a.transpose(), b_t = b.transpose();  // stored the other way round
-    const RowMatrix<double> expected = product(a, b);
-    std::vector<S> workspace(static_cast<std::size_t>(moe::kernels::gemm_workspace_size<S>(m, n, depth)));
-    for (const bool a_transposed : {false, true})
-      for (const bool b_transposed : {false, true}) {
-        const Strided<S> a_view = a_transposed ? moe::kernels::strided<S>(a_t).transposed() : moe::kernels::strided<S>(a);
-        const Strided<S> b_view = b_transposed ? moe::kernels::strided<S>(b_t).transposed() : moe::kernels::strided<S>(b);
-        // C is a block of a wider matrix (rows further apart than its width): the columns beside it
-        // stay as they are.
-        RowMatrix<S> wide = RowMatrix<S>::Constant(m, n + 3, S(7));
-        auto c = wide.leftCols(n);
-        moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/false, workspace);
-        MOE_EXPECT_CLOSE(S, RowMatrix<S>(c), expected);
-        moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/true, workspace);
-        MOE_EXPECT_CLOSE(S, RowMatrix<S>(c), (2 * expected).eval());
-        EXPECT_EQ(wide.rightCols(3), RowMatrix<S>::Constant(m, 3, S(7)));
-      }
+  for (const moe::Isa isa : moe::kernels::isa_paths<moe::kernels::NativeFormat<float>>()) {
+    const moe::ScopedIsaCap cap(isa);
+    for (const auto& [m, n, depth] : shapes()) {
+      SCOPED_TRACE(testing::Message() << moe::isa_name(isa) << ", m " << m << ", n " << n << ", depth " << depth);
+      const RowMatrix<S> a = random_matrix<S>(m, depth, 1), b = random_matrix<S>(depth, n, 2);
+      const RowMatrix<S> a_t = a.transpose(), b_t = b.transpose();  // stored the other way round
+      const RowMatrix<double> expected = product(a, b);
+      std::vector<S> workspace(static_cast<std::size_t>(moe::kernels::gemm_workspace_size<S>(m, n, depth)));
+      for (const bool a_transposed : {false, true})
+        for (const bool b_transposed : {false, true}) {
+          const Strided<S> a_view = a_transposed ? moe::kernels::strided<S>(a_t).transposed() : moe::kernels::strided<S>(a);
+          const Strided<S> b_view = b_transposed ? moe::kernels::strided<S>(b_t).transposed() : moe::kernels::strided<S>(b);
+          // C is a block of a wider matrix (rows further apart than its width): the columns beside it
+          // stay as they are.
+          RowMatrix<S> wide = RowMatrix<S>::Constant(m, n + 3, S(7));
+          auto c = wide.leftCols(n);
+          moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/false, workspace);
+          MOE_EXPECT_CLOSE(S, RowMatrix<S>(c), expected);
+          moe::kernels::gemm<S>(a_view, b_view, depth, c, /*accumulate=*/true, workspace);
+          MOE_EXPECT_CLOSE(S, RowMatrix<S>(c), (2 * expected).eval());
+          EXPECT_EQ(wide.rightCols(3), RowMatrix<S>::Constant(m, 3, S(7)));
+        }
+    }
   }
 }
 

@@ -75,30 +75,32 @@ TYPED_TEST(PackedProductTest, PanelRangesGiveTheSameBitsAsTheWholeProduct) {
   MOE_EXPECT_CLOSE(S, whole, product(a, b));
 }
 
-// With few rows (decode), multiply_packed reads kStreams panels at a time; a panel range too short
-// for that takes the main kernel. Both sum each element over the whole depth in the same order, so
-// the bits agree for every row count, and with the reference.
+// With few rows (decode), multiply_packed reads stream_width panels at a time; a panel range too
+// short for that takes the main kernel. Both sum each element over the whole depth in the same
+// order, so the bits agree for every row count, and with the reference — on every ISA path.
 TYPED_TEST(PackedProductTest, DecodeStreamsGiveTheSameBitsAsOnePanelAtATime) {
   using S = TypeParam;
   constexpr Index NR = Blocking<S>::kNR, MR = Blocking<S>::kMR;
-  const Index n = (2 * moe::kernels::detail::kStreams + 1) * NR - 5, depth = Blocking<S>::kKC + 17;
-  for (Index m = 1; m <= MR; ++m) {
-    SCOPED_TRACE(testing::Message() << "m " << m);
-    const RowMatrix<S> a = random_matrix<S>(m, depth, 7), b = random_matrix<S>(depth, n, 8);
-    PackedProduct<S> product_ab(a, b);
-    RowMatrix<S> whole = RowMatrix<S>::Zero(m, n), one_by_one = RowMatrix<S>::Zero(m, n);
-    product_ab.multiply(0, product_ab.panels(), whole);
-    for (Index p = 0; p < product_ab.panels(); ++p) product_ab.multiply(p, p + 1, one_by_one);
-    EXPECT_EQ(whole, one_by_one);
-    MOE_EXPECT_CLOSE(S, whole, product(a, b));
+  const Index n = 9 * NR - 5, depth = Blocking<S>::kKC + 17;  // 9 panels: two groups of 4 and one left
+  for (const moe::Isa isa : moe::kernels::isa_paths<Native<S>>()) {
+    const moe::ScopedIsaCap cap(isa);
+    for (Index m = 1; m <= MR; ++m) {
+      SCOPED_TRACE(testing::Message() << moe::isa_name(isa) << ", m " << m);
+      const RowMatrix<S> a = random_matrix<S>(m, depth, 7), b = random_matrix<S>(depth, n, 8);
+      PackedProduct<S> product_ab(a, b);
+      RowMatrix<S> whole = RowMatrix<S>::Zero(m, n), one_by_one = RowMatrix<S>::Zero(m, n);
+      product_ab.multiply(0, product_ab.panels(), whole);
+      for (Index p = 0; p < product_ab.panels(); ++p) product_ab.multiply(p, p + 1, one_by_one);
+      EXPECT_EQ(whole, one_by_one);
+      MOE_EXPECT_CLOSE(S, whole, product(a, b));
+    }
   }
 }
 
-// No rows: nothing to store, whatever the panels (the decode kernel takes up to kMR/kStreams rows,
-// not zero).
+// No rows: nothing to store, whatever the panels (the decode kernel takes from one row, not zero).
 TYPED_TEST(PackedProductTest, NoRowsStoresNothing) {
   using S = TypeParam;
-  const Index panels = 2 * moe::kernels::detail::kStreams, depth = 5;
+  const Index panels = 8, depth = 5;
   const std::vector<S> pb(static_cast<std::size_t>(panels * depth * Blocking<S>::kNR), S(1));
   std::vector<S> tiles(1);
   int stores = 0;

@@ -156,21 +156,21 @@ TYPED_TEST(PackingTest, StridedViewsReadTheRightElements) {
     }
 }
 
-// stream_rows copies rows of one packet, with non-temporal stores into an aligned target and plain
+// stream_rows copies rows of two packets, with non-temporal stores into an aligned target and plain
 // ones into a misaligned target or one whose rows are not a whole number of packets apart; nothing
 // else in the target changes.
 TYPED_TEST(PackingTest, StreamRowsCopiesExactlyTheRowsWhateverTheAlignment) {
   using S = TypeParam;
   constexpr Index P = Blocking<S>::kPacket, rows = 5;
-  const RowMatrix<S> from = random_matrix<S>(rows, 2 * P, 5);
-  for (const auto& [offset, stride] : {std::pair<Index, Index>{0, 3 * P}, {1, 3 * P}, {0, 3 * P + 1}}) {
+  const RowMatrix<S> from = random_matrix<S>(rows, 3 * P, 5);
+  for (const auto& [offset, stride] : {std::pair<Index, Index>{0, 4 * P}, {1, 4 * P}, {0, 4 * P + 1}}) {
     SCOPED_TRACE(testing::Message() << "offset " << offset << ", stride " << stride);
     moe::detail::AlignedVector<S> to(static_cast<std::size_t>(offset + rows * stride), S(-3));
-    moe::kernels::stream_rows<S>(from.data() + P, 2 * P, rows, to.data() + offset, stride);
+    moe::kernels::stream_rows<S>(from.data() + P, 3 * P, rows, 2 * P, to.data() + offset, stride);
     moe::kernels::stream_fence();
     for (Index i = 0; i < offset + rows * stride; ++i) {
       const Index row = (i - offset) / stride, column = (i - offset) % stride;
-      const bool written = i >= offset && column < P;
+      const bool written = i >= offset && column < 2 * P;
       EXPECT_EQ(to[static_cast<std::size_t>(i)], written ? from(row, P + column) : S(-3)) << "at " << i;
     }
   }

@@ -17,10 +17,12 @@
 #include "moe/detail/parallel.hpp"
 #include "moe/dispatch/expert_batch.hpp"
 #include "moe/experts/packed_expert.hpp"
+#include "moe/isa.hpp"
 
 #include <algorithm>
 #include <concepts>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -32,6 +34,16 @@ struct SavedBlocks {
   detail::AlignedVector<S> memory;
   std::vector<Index> offset;  // [blocks + 1]
 };
+
+// What runs bank X's products now: "<format> weights on <isa> kernels" on the fast path (the
+// kernels of moe::active_isa(), kernels/micro_kernel.hpp), "Eigen products" otherwise.
+template <class X>
+std::string kernel_description() {
+  if constexpr (PackedExpert<X>)
+    return std::string(X::Format::name) + " weights on " + std::string(isa_name(X::Format::kernels().isa)) + " kernels";
+  else
+    return "Eigen products";
+}
 
 // What an expert's packed operands are made of: its format's Input on the fast path.
 template <class X>
@@ -138,12 +150,16 @@ class ExpertRunner {
     if (training) experts.weights_changed();
     if (blocks_.empty()) return;
     const bool scaled = !training && !batch.scale.empty();
+    const auto packed_size = [&](Index rows) {
+      return std::max(experts.packed_input_size(rows), experts.packed_hidden_size(rows));
+    };
     packed_offset_.assign(1, 0);
-    for (const Block& block : blocks_)
-      packed_offset_.push_back(packed_offset_.back() + aligned(std::max(experts.packed_input_size(block.rows),
-                                                                        experts.packed_hidden_size(block.rows))));
-    grow(packed_, packed_offset_.back());
-    const Index per_thread = aligned(experts.work_size(max_block_rows()));
+    for (const Block& block : blocks_) packed_offset_.push_back(packed_offset_.back() + aligned(packed_size(block.rows)));
+    // Sized for any routing of as many rows (the sizes grow linearly with the rows, and each of at
+    // most `rows` blocks rounds up by less than a line), so that the next call allocates nothing.
+    const Index rows = total_rows();
+    grow(packed_, aligned(packed_size(rows)) + aligned(1) * rows);
+    const Index per_thread = aligned(experts.work_size(tile_rows_ > 0 ? std::min(tile_rows_, rows) : rows));
     grow(scratch_, per_thread * n_threads);
     bool reuse = false;
     for (std::size_t b = 1; b < blocks_.size(); ++b) reuse |= blocks_[b].expert == blocks_[b - 1].expert;
@@ -188,6 +204,12 @@ class ExpertRunner {
       const Index n = batch.rows_of(i), tile = tile_rows_ > 0 ? tile_rows_ : std::max<Index>(n, 1);
       for (Index r = 0; r < n; r += tile) blocks_.push_back({i, batch.begin(i) + r, std::min(tile, n - r)});
     }
+  }
+
+  Index total_rows() const {
+    Index rows = 0;
+    for (const Block& block : blocks_) rows += block.rows;
+    return rows;
   }
 
   Index max_block_rows() const {

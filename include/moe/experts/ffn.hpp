@@ -153,8 +153,7 @@ class FfnExpert {
       for (Index i = 0; i < mr; ++i) elementwise<S>(units, h + at + i * f, activation, tile + i * kNR);
       if (!keep) return;
       if (units == kNR) {  // read again only by backward: past the caches
-        kernels::stream_rows<S>(tile, kNR, mr, a + at, f);
-        kernels::stream_rows<S>(tile + kNR / 2, kNR, mr, a + at + kNR / 2, f);
+        kernels::stream_rows<S>(tile, kNR, mr, kNR, a + at, f);
         return;
       }
       Out(a + at, mr, units, Eigen::OuterStride<>(f)) = t;

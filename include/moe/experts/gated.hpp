@@ -154,8 +154,8 @@ class GatedExpert {
         elementwise<S>(units, h + at + i * f, gated, tile + i * kNR, tile + i * kNR + kUnits);
       if (!keep) return;
       if (units == kUnits) {  // read again only by backward: past the caches
-        kernels::stream_rows<S>(tile, kNR, mr, h1 + at, f);
-        kernels::stream_rows<S>(tile + kUnits, kNR, mr, h3 + at, f);
+        kernels::stream_rows<S>(tile, kNR, mr, kUnits, h1 + at, f);
+        kernels::stream_rows<S>(tile + kUnits, kNR, mr, kUnits, h3 + at, f);
         return;
       }
       Out(h1 + at, mr, units, Eigen::OuterStride<>(f)) = Tile(tile, mr, units, Eigen::OuterStride<>(kNR));

@@ -16,9 +16,12 @@ template <class S>
 struct Blocking {
   using Packet = typename Eigen::internal::packet_traits<S>::type;
   static constexpr int kPacket = Eigen::internal::unpacket_traits<Packet>::size;
-  static constexpr int kNR = 2 * kPacket;  // columns of a tile: two packets
-  // Rows of a tile: 2·kMR accumulators, plus two B packets and a broadcast, fit the register file.
-  static constexpr int kMR = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 12 : 6;
+  // Columns of a tile: 128 bytes, two AVX-512 registers. The same on every CPU, so that packed
+  // weights do not depend on the ISA the kernels pick at run time (kernels/micro_kernel.hpp): the
+  // ISAs with narrower or fewer registers run a tile in sub-tiles.
+  static constexpr int kNR = 128 / static_cast<int>(sizeof(S));
+  // Rows of a tile: 2·kMR accumulators, plus two B registers and a broadcast, fit AVX-512's 32.
+  static constexpr int kMR = 12;
   // Depth of a block of a B panel: 32 KB, which stays in L1 while the rows of A pass by.
   static constexpr Index kKC = 32768 / (kNR * static_cast<Index>(sizeof(S)));
 };

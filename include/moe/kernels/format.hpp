@@ -4,19 +4,21 @@
 //   Weight  one weight as packed in a B panel ([depth][kNR]: the experts keep their weights so);
 //   Input   one activation as packed in an A micro-panel ([depth][mr]);
 // how weights and activations are packed (pack_weight_rows, pack_input), and the kernels that
-// multiply the two: micro_kernels[mr − 1] for up to kMR rows, stream_panels for decode's few.
+// multiply the two: kernels(), the table of micro-kernels for the ISA moe::active_isa() names
+// (micro[mr − 1] for up to kMR rows, stream_panels for decode's few; kernels/micro_kernel.hpp).
 // kernels/packed_product.hpp runs any format; an expert takes its format as a template argument.
 // NativeFormat<S> stores and multiplies in S itself (fp32, or fp64 in tests); narrower formats
 // (bf16, int8) and their ISA-specific kernels join as further traits of this shape.
 #pragma once
 
+#include "moe/isa.hpp"
 #include "moe/kernels/blocking.hpp"
 #include "moe/kernels/micro_kernel.hpp"
 #include "moe/kernels/packing.hpp"
 #include "moe/types.hpp"
 
 #include <type_traits>
-#include <utility>
+#include <vector>
 
 namespace moe::kernels {
 
@@ -37,14 +39,19 @@ struct NativeFormat {
   static constexpr Index input_size(Index m, Index depth) { return m * depth; }
   static void pack_input(Strided<S> a, Index m, Index depth, Input* out) { detail::pack_a<S>(a, m, depth, out); }
 
-  // micro_kernels[mr − 1](depth, a, b, tile, tile_stride, accumulate, ahead): see micro_kernel.hpp.
-  static constexpr auto micro_kernels = detail::micro_kernels<S>(std::make_index_sequence<kMR>{});
-  // Decode, for m ≤ kMR / detail::kStreams rows: see detail::stream_panels.
-  template <class Store>
-  static Index stream_panels(Index m, Index depth, const Input* a, const Weight* b, Index p_begin, Index p_end,
-                             Store&& store) {
-    return detail::stream_panels<S>(m, depth, a, b, p_begin, p_end, store);
-  }
+  // The kernels for `isa` (the best this build has at or below it), or for the active one.
+  static const detail::TileKernels<S>& kernels(Isa isa) { return detail::tile_kernels<S>(isa); }
+  static const detail::TileKernels<S>& kernels() { return kernels(active_isa()); }
 };
+
+// The rungs of this machine's ISA ladder that have kernels of their own for format F, lowest first
+// (a rung without them runs the one below): what a test of every kernel path runs, one cap each.
+template <class F>
+std::vector<Isa> isa_paths() {
+  std::vector<Isa> paths;
+  for (int rung = 0; rung <= static_cast<int>(detected_isa()); ++rung)
+    if (F::kernels(static_cast<Isa>(rung)).isa == static_cast<Isa>(rung)) paths.push_back(static_cast<Isa>(rung));
+  return paths;
+}
 
 }  // namespace moe::kernels

@@ -31,7 +31,7 @@ void multiply_into(Index m, Index n, Index depth, const S* a, const S* b, S* c, 
                    S* tile) {
   constexpr int MR = Blocking<S>::kMR, NR = Blocking<S>::kNR;
   constexpr Index KC = Blocking<S>::kKC, row_bytes = std::max<Index>(kLine, NR * Index(sizeof(S)) / kLine * kLine);
-  static constexpr auto kernels = micro_kernels<S>(std::make_index_sequence<MR>{});
+  const auto& kernels = tile_kernels<S>(active_isa()).micro;
   const auto rows_of_c = [&](const S* at, Index rows) {
     return Lines{reinterpret_cast<const char*>(at), rows * row_bytes / kLine, row_bytes, c_stride * Index(sizeof(S))};
   };

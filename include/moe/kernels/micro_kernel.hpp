@@ -2,21 +2,22 @@
 // kernels/gemm.hpp): an mr × kNR tile of C stays in registers while a micro-panel of packed A and
 // a block of a packed B panel stream past once. Every element of a tile is one sum over the depth
 // in a fixed order, whatever tiles or threads the callers use.
+//
+// One table of kernels per ISA (kernels/tile_kernels.inc compiled for each), chosen at run time:
+// tile_kernels<S>(isa) is the best table at or below `isa` that this build has.
 #pragma once
 
+#include "moe/isa.hpp"
 #include "moe/kernels/blocking.hpp"
+#include "moe/kernels/vectors.hpp"
 #include "moe/types.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <utility>
 
 namespace moe::kernels::detail {
-
-// Decode: with at most kMR / kStreams rows, kStreams panels are read at a time (as many
-// accumulators as the main kernel), so that several streams from memory are in flight; above
-// that, the main kernel (benchmarks/README.md has the measurements behind the choice).
-inline constexpr int kStreams = 4;
 
 // Cache lines to prefetch: `count` lines from `at`, in runs of `run` bytes that start `stride`
 // bytes apart (rows of a matrix; one contiguous run has run = count · kLine).
@@ -25,106 +26,84 @@ struct Lines {
   Index count = 0, run = 0, stride = 0;
 };
 
-// tile[i][c] (+)= Σ_k a[k·MR + i] · b[k·kNR + c]   for i < MR, c < kNR; row i of the tile starts
-// at tile + i · tile_stride, and is added to when accumulate, overwritten otherwise. On the way it
-// prefetches the lines `ahead`, spread evenly over its depth.
-template <class S, int MR>
-void micro_kernel(Index depth, const S* __restrict a, const S* __restrict b, S* __restrict tile, Index tile_stride,
-                  bool accumulate, const Lines& ahead) {
-  using simd::broadcast;
-  using simd::load;
-  using simd::multiply_add;
-  using Packet = simd::Packet<S>;
-  constexpr int P = Blocking<S>::kPacket;
-  Packet c0[MR], c1[MR];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    c0[i] = accumulate ? load<S>(tile + i * tile_stride) : broadcast<S>(S(0));
-    c1[i] = accumulate ? load<S>(tile + i * tile_stride + P) : broadcast<S>(S(0));
-  }
-  // `ahead` comes by reference: a struct passed by value is copied through a vector register from
-  // the caller's scalar stores, a load that waits until the previous tile's stores have drained.
-  const char* at = ahead.at;
-  const Index count = ahead.count, run = ahead.run, stride = ahead.stride;
-  Index owed = 0, offset = 0;  // lines owed, in units of 1/depth; where the next one is in its run
-  for (Index k = 0; k < depth; ++k, a += MR, b += 2 * P) {
-    for (owed += count; owed >= depth; owed -= depth) {
-      simd::prefetch_l2(at + offset);
-      if ((offset += kLine) == run) offset = 0, at += stride;
-    }
-    const Packet b0 = load<S>(b), b1 = load<S>(b + P);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const Packet ai = broadcast<S>(a[i]);
-      c0[i] = multiply_add<S>(ai, b0, c0[i]);
-      c1[i] = multiply_add<S>(ai, b1, c1[i]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    simd::store<S>(tile + i * tile_stride, c0[i]);
-    simd::store<S>(tile + i * tile_stride + P, c1[i]);
-  }
-}
+// One ISA's kernels for tiles of S.
+//   micro[mr − 1](depth, a, b, tile, tile_stride, accumulate, ahead), mr ≤ kMR:
+//     tile[i][c] (+)= Σ_k a[k·mr + i] · b[k·kNR + c] (see micro_kernel in tile_kernels.inc);
+//   decode, for m ≤ stream_rows rows: stream_panels() reads stream_width panels at a time, so that
+//     several streams from memory are in flight (benchmarks/README.md has the measurements behind
+//     the choice); each tile has the same bits as micro[m − 1]'s over the whole depth.
+template <class S>
+struct TileKernels {
+  using Micro = void (*)(Index, const S*, const S*, S*, Index, bool, const Lines&);
+  using Stream = void (*)(Index, const S*, const S*, Index, S*);
+  static constexpr int kMR = Blocking<S>::kMR, kNR = Blocking<S>::kNR;
 
-template <class S, std::size_t... I>
-constexpr auto micro_kernels(std::index_sequence<I...>) {
-  return std::array{&micro_kernel<S, static_cast<int>(I) + 1>...};
-}
+  Isa isa;
+  std::array<Micro, kMR> micro;
+  int stream_width, stream_rows;
+  std::array<Stream, kMR> stream;  // [m − 1] for m ≤ stream_rows
 
-// Decode's kernel: the [MR][kNR] tiles of W = kStreams adjacent panels (b, b + panel_size, …) over
-// the whole depth, into tiles [W][MR][kNR]. With a few rows the product is a read of B; W streams in
-// flight keep more of it on its way from memory than one.
-template <class S, int MR>
-void stream_kernel(Index depth, const S* __restrict a, const S* __restrict b, Index panel_size, S* __restrict tiles) {
-  using simd::broadcast;
-  using simd::load;
-  using simd::multiply_add;
-  using Packet = simd::Packet<S>;
-  constexpr int P = Blocking<S>::kPacket, W = kStreams;
-  Packet c[W][MR][2];
-#pragma GCC unroll 16
-  for (int w = 0; w < W; ++w)
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) c[w][i][0] = c[w][i][1] = broadcast<S>(S(0));
-  for (Index k = 0; k < depth; ++k, a += MR, b += 2 * P) {
-#pragma GCC unroll 16
-    for (int w = 0; w < W; ++w) {
-      const Packet b0 = load<S>(b + w * panel_size), b1 = load<S>(b + w * panel_size + P);
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
-        const Packet ai = broadcast<S>(a[i]);
-        c[w][i][0] = multiply_add<S>(ai, b0, c[w][i][0]);
-        c[w][i][1] = multiply_add<S>(ai, b1, c[w][i][1]);
-      }
+  // store(0, m, p, tile) for the panels [p_begin, p_begin + stream_width·⌊(p_end − p_begin) /
+  // stream_width⌋) of B (packed panels of `depth` rows), m ≤ stream_rows; returns where it stopped.
+  template <class Store>
+  Index stream_panels(Index m, Index depth, const S* a, const S* b, Index p_begin, Index p_end, Store&& store) const {
+    alignas(64) S tiles[kMR * kNR];  // stream_width · stream_rows ≤ kMR
+    for (; p_begin + stream_width <= p_end; p_begin += stream_width) {
+      stream[static_cast<std::size_t>(m - 1)](depth, a, b + p_begin * depth * kNR, depth * kNR, tiles);
+      for (int w = 0; w < stream_width; ++w) store(Index(0), m, p_begin + w, static_cast<const S*>(tiles + w * m * kNR));
     }
+    return p_begin;
   }
-#pragma GCC unroll 16
-  for (int w = 0; w < W; ++w)
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      simd::store<S>(tiles + (w * MR + i) * 2 * P, c[w][i][0]);
-      simd::store<S>(tiles + (w * MR + i) * 2 * P + P, c[w][i][1]);
-    }
-}
+};
 
-template <class S, std::size_t... I>
-constexpr auto stream_kernels(std::index_sequence<I...>) {
-  return std::array{&stream_kernel<S, static_cast<int>(I) + 1>...};
-}
+namespace generic {
+#include "moe/kernels/tile_kernels.inc"
+}  // namespace generic
 
-// store(0, m, p, tile) for the panels [p_begin, p_begin + kStreams·⌊(p_end − p_begin) / kStreams⌋),
-// m ≤ kMR / kStreams; returns where it stopped.
-template <class S, class Store>
-Index stream_panels(Index m, Index depth, const S* a, const S* b, Index p_begin, Index p_end, Store&& store) {
-  constexpr int NR = Blocking<S>::kNR, W = kStreams, kRows = Blocking<S>::kMR / W;
-  static constexpr auto kernels = stream_kernels<S>(std::make_index_sequence<kRows>{});
-  alignas(64) S tiles[W * kRows * NR];
-  for (; p_begin + W <= p_end; p_begin += W) {
-    kernels[static_cast<std::size_t>(m - 1)](depth, a, b + p_begin * depth * NR, depth * NR, tiles);
-    for (int w = 0; w < W; ++w) store(Index(0), m, p_begin + w, static_cast<const S*>(tiles + w * m * NR));
+#if MOE_X86_KERNELS
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace avx2 {
+#include "moe/kernels/tile_kernels.inc"
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#endif
+namespace avx512 {
+#include "moe/kernels/tile_kernels.inc"
+}  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // MOE_X86_KERNELS
+
+// The best kernels for S at or below `isa` that this build has.
+template <class S>
+const TileKernels<S>& tile_kernels(Isa isa) {
+  constexpr auto rows = std::make_index_sequence<Blocking<S>::kMR>{};
+#if MOE_X86_KERNELS
+  if (isa >= Isa::avx512) {
+    static constexpr TileKernels<S> kernels = avx512::make_tile_kernels<Avx512Vec<S>>(Isa::avx512, rows);
+    return kernels;
   }
-  return p_begin;
+  if (isa >= Isa::avx2) {
+    static constexpr TileKernels<S> kernels = avx2::make_tile_kernels<Avx2Vec<S>>(Isa::avx2, rows);
+    return kernels;
+  }
+#endif
+  static constexpr TileKernels<S> kernels = generic::make_tile_kernels<GenericVec<S>>(Isa::generic, rows);
+  return kernels;
 }
 
 }  // namespace moe::kernels::detail

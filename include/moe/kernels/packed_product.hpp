@@ -50,17 +50,18 @@ void multiply_packed(Index m, Index depth, const typename F::Input* a, const typ
   constexpr int MR = F::kMR, NR = F::kNR;
   constexpr Index KC = F::kKC;
   if (m == 0) return;
+  const auto& kernels = F::kernels();
   // Few rows: B is not reused across row tiles and the product is a read of B from memory, which
   // several streams in flight keep busier than one.
-  if (m <= MR / kStreams) p_begin = F::stream_panels(m, depth, a, b, p_begin, p_end, store);
-  const Index row_tiles = (m + MR - 1) / MR, stream_rows = p_end * depth;  // B: rows of kNR weights
+  if (m <= kernels.stream_rows) p_begin = kernels.stream_panels(m, depth, a, b, p_begin, p_end, store);
+  const Index row_tiles = (m + MR - 1) / MR, b_rows = p_end * depth;  // B: rows of kNR weights
   const Index blocks = (p_end - p_begin) * ((depth + KC - 1) / KC);
   const Index run0 = ahead ? ahead->bytes[0] / kLine : 0, ahead_lines = ahead ? run0 + ahead->bytes[1] / kLine : 0;
   for (Index p = p_begin, block = 0; p < p_end; ++p) {
     const typename F::Weight* panel = b + p * depth * NR;
     for (Index k0 = 0; k0 < depth; k0 += KC, ++block) {
       const Index kc = std::min(KC, depth - k0), two_ahead = p * depth + k0 + kc + KC;
-      const Index lines = std::clamp<Index>(stream_rows - two_ahead, 0, kc) * NR * Index(sizeof(*b)) / kLine;
+      const Index lines = std::clamp<Index>(b_rows - two_ahead, 0, kc) * NR * Index(sizeof(*b)) / kLine;
       const char* next = lines > 0 ? reinterpret_cast<const char*>(b + two_ahead * NR) : nullptr;
       for (Index t = 0, i0 = 0; i0 < m; ++t, i0 += MR) {
         const Index mr = std::min<Index>(MR, m - i0);
@@ -76,8 +77,8 @@ void multiply_packed(Index m, Index depth, const typename F::Input* a, const typ
           count = lines * (t + 1) / row_tiles - first;
           from = next + first * kLine;
         }
-        F::micro_kernels[static_cast<std::size_t>(mr - 1)](kc, a + i0 * depth + k0 * mr, panel + k0 * NR,
-                                                           tiles + i0 * NR, NR, k0 > 0, {from, count, count * kLine, 0});
+        kernels.micro[static_cast<std::size_t>(mr - 1)](kc, a + i0 * depth + k0 * mr, panel + k0 * NR, tiles + i0 * NR,
+                                                        NR, k0 > 0, {from, count, count * kLine, 0});
         if (k0 + kc == depth) store(i0, mr, p, static_cast<const S*>(tiles + i0 * NR));
       }
     }

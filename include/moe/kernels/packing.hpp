@@ -138,17 +138,19 @@ void pack_a(Strided<S> a, Index m, Index depth, S* out) {
 
 }  // namespace detail
 
-// to[i·to_stride + c] = from[i·from_stride + c] for i < rows, c < kPacket, with non-temporal
+// to[i·to_stride + c] = from[i·from_stride + c] for i < rows, c < cols (a multiple of kPacket), with non-temporal
 // stores where the rows of `to` are aligned to a packet: for results that are read much later
 // (what a training forward keeps for backward), which ordinary stores would first read from memory
 // (a store to a line not in cache fetches it) and which would push the data in use out of cache.
 // Call stream_fence() before anything else reads them.
 template <class S>
-void stream_rows(const S* from, Index from_stride, Index rows, S* to, Index to_stride) {
+void stream_rows(const S* from, Index from_stride, Index rows, Index cols, S* to, Index to_stride) {
   namespace simd = detail::simd;
   constexpr auto bytes = Index(sizeof(simd::Packet<S>));
   const bool aligned = reinterpret_cast<std::uintptr_t>(to) % bytes == 0 && to_stride * Index(sizeof(S)) % bytes == 0;
-  for (Index i = 0; i < rows; ++i) simd::store_streaming<S>(to + i * to_stride, simd::load<S>(from + i * from_stride), aligned);
+  for (Index i = 0; i < rows; ++i)
+    for (Index c = 0; c < cols; c += Blocking<S>::kPacket)
+      simd::store_streaming<S>(to + i * to_stride + c, simd::load<S>(from + i * from_stride + c), aligned);
 }
 
 // Orders stream_rows' stores before the stores that follow (another thread reads them after one).

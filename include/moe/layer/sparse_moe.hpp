@@ -23,6 +23,7 @@
 #include <concepts>
 #include <optional>
 #include <span>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -199,6 +200,8 @@ class BasicSparseMoE {
   // Threads for the experts: 0 (the default) is OpenMP's default (OMP_NUM_THREADS); ignored
   // without OpenMP. The result does not depend on it.
   void set_num_threads(int threads) { num_threads_ = threads; }
+  // The experts' (and shared experts') kernels as they run now, e.g. "f32 weights on avx512 kernels".
+  std::string kernels() const { return kernel_description<X>(); }
 
   G& gate() { return gate_; }
   const G& gate() const { return gate_; }
