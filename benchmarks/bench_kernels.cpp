@@ -46,6 +46,7 @@
 
 #include <moe/detail/aligned_allocator.hpp>
 #include <moe/isa.hpp>
+#include <moe/kernels/bf16_format.hpp>
 #include <moe/kernels/format.hpp>
 #include <moe/kernels/gemm.hpp>
 #include <moe/kernels/packed_product.hpp>
@@ -126,8 +127,9 @@ std::span<const typename F::Weight> packed_up_projection(const Shape& s) {
     kept = {};  // free the previous weights before allocating these
     const Index n = 2 * s.d_ff, depth = s.d_model, count = (n + F::kNR - 1) / F::kNR;
     const moe::RowMatrix<typename F::Scalar> w = moe::RowMatrix<typename F::Scalar>::Random(n, depth);
-    auto panels = std::make_shared<Panels>(static_cast<std::size_t>(count * depth * F::kNR));
-    for (Index p = 0; p < count; ++p) moe::kernels::pack_weight_panel<F>(w, p, panels->data() + p * depth * F::kNR);
+    const Index panel_size = F::packed_depth(depth) * F::kNR;
+    auto panels = std::make_shared<Panels>(static_cast<std::size_t>(count * panel_size));
+    for (Index p = 0; p < count; ++p) moe::kernels::pack_weight_panel<F>(w, p, panels->data() + p * panel_size);
     kept = {key, std::move(panels)};
   }
   return *static_cast<const Panels*>(kept.panels.get());
@@ -139,7 +141,7 @@ void BM_Kernel_PackedProduct(benchmark::State& state, moe::Isa isa, const Shape&
   const moe::ScopedIsaCap cap(isa);
   const Index n = 2 * s.d_ff, depth = s.d_model;
   const std::span<const typename F::Weight> b = packed_up_projection<F>(s);
-  const Index panels = static_cast<Index>(b.size()) / (depth * F::kNR);
+  const Index panels = static_cast<Index>(b.size()) / (F::packed_depth(depth) * F::kNR);
   const auto a = packed_input<F>(num_tokens, depth);
   AlignedVector<S> tiles(static_cast<std::size_t>(num_tokens * F::kNR));
   moe::RowMatrix<S> y(num_tokens, n);
@@ -217,6 +219,7 @@ void register_benchmarks() {
   constexpr std::array<int, 1> kOneThread{1};  // the kernels run on the calling thread
   register_machine_benchmarks(kOneThread);
   register_format<moe::kernels::NativeFormat<float>>();
+  register_format<moe::kernels::Bf16Format>();
   register_gemm<float>();
 }
 

@@ -9,13 +9,16 @@
 //   bench_layer --benchmark_filter='small|mixtral-mini' --benchmark_min_time=0.05
 //   bench_layer --benchmark_filter='mixtral-8x7b/T:1/'   # builds a 5.6 GB layer first (seconds)
 // Read (Google Benchmark appends /real_time to every name; Time is wall-clock ms):
-//   BM_Layer_Forward/<shape>/T:<num_tokens>/threads:<n>   one forward of x [T, d_model] → y [T, d_model].
+//   BM_Layer_Forward/<shape>/T:<num_tokens>/threads:<n>   one forward of x [T, d_model] → y [T, d_model],
+//                 fp32 expert weights; .../w:bf16 the same layer with bf16 expert weights
+//                 (SwiGluExpert<float, Bf16>). The label names the kernels that ran.
 //   GFLOPS        routed expert FLOPs per second, counted from the batch's actual assignments:
 //                 2·3·d_model·d_ff per computed (token, expert) pair. Router and shared experts
 //                 are excluded (deepseek-moe runs its 2 shared experts, but they are not counted).
-//   GBps          distinct routed expert weight bytes the batch touches, per second.
+//   GBps          distinct routed expert weight bytes the batch touches (4 or 2 per weight), per second.
 //   tokens_per_s  tokens per second.
-//   BM_Layer_ForwardBackward/...: forward with a cache + backward (d_x and every gradient); GFLOPS
+//   BM_Layer_ForwardBackward/... (and .../w:bf16: the forward's products on bf16 copies of the fp32
+//                 master weights, the backward in fp32): forward with a cache + backward (d_x and every gradient); GFLOPS
 //   counts 3× the forward's expert FLOPs (the README's convention). Not for mixtral-8x7b.
 //   bwd_per_fwd   the backward's time over an inference forward's (prepacked weights, caches
 //                 evicted) of the same batch, timed in the same iteration outside the benchmark's
@@ -188,14 +191,16 @@ void BM_Naive_Forward(benchmark::State& state, const Shape& s, Index num_tokens,
   time_forward(state, s, inputs, y, [&](const Matrix& x, Matrix& out) { return naive.forward(x, out); });
 }
 
+template <class F>
 void BM_Layer_ForwardBackward(benchmark::State& state, const Shape& s, Index num_tokens, int threads) {
-  Layer& layer = layer_for(s);
+  using Layer = LayerOf<F>;
+  Layer& layer = layer_for<F>(s);
   layer.set_num_threads(threads);
-  Layer::Gradients& grads = gradients_for(s);
+  typename Layer::Gradients& grads = gradients_for<F>(s);
   const auto inputs = make_inputs(s, num_tokens);
   const Matrix d_y = make_inputs(s, num_tokens).back();
   Matrix y(num_tokens, s.d_model), d_x(num_tokens, s.d_model);
-  Layer::Cache cache;
+  typename Layer::Cache cache;
   layer.forward(inputs[0], y, cache);  // sizes the cache and the layer's buffers
   layer.backward(cache, d_y, d_x, grads);
 
@@ -226,6 +231,7 @@ void BM_Layer_ForwardBackward(benchmark::State& state, const Shape& s, Index num
   add_tokens_rate(state, num_tokens);
   state.counters["bwd_per_fwd"] = backward / inference;
   state.counters["train_fwd_per_fwd"] = training_forward / inference;
+  state.SetLabel(layer.kernels());
 }
 
 // The dense-GEMM ceiling: the routed FLOPs of T tokens as two plain GEMMs through one expert whose
@@ -257,6 +263,8 @@ void register_benchmarks() {
     const std::span<const Index> tokens = token_counts(s);
     for (const Index num_tokens : tokens)
       for (const int threads : kThreadCounts) add_layer_forward(s, num_tokens, threads);
+    for (const Index num_tokens : tokens)
+      for (const int threads : kThreadCounts) add_layer_forward<moe::Bf16>(s, num_tokens, threads);
 
     // The naive loop takes about a second per mixtral-8x7b decode step at T = 16: T = 1 only.
     for (const Index num_tokens : huge ? std::span<const Index>(kOneToken) : tokens)
@@ -271,8 +279,12 @@ void register_benchmarks() {
     if (huge) continue;  // decode only, and its gradients need 5.6 GB more
     for (const Index num_tokens : tokens)
       for (const int threads : kThreadCounts)
-        add(case_name("BM_Layer_ForwardBackward", s, num_tokens, threads), BM_Layer_ForwardBackward, s,
+        add(case_name("BM_Layer_ForwardBackward", s, num_tokens, threads), BM_Layer_ForwardBackward<moe::F32>, s,
             num_tokens, threads);
+    for (const Index num_tokens : tokens)
+      for (const int threads : kThreadCounts)
+        add(case_name("BM_Layer_ForwardBackward", s, num_tokens, threads) + "/w:bf16", BM_Layer_ForwardBackward<moe::Bf16>,
+            s, num_tokens, threads);
   }
 }
 

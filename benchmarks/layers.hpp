@@ -1,6 +1,7 @@
-// The layer that bench_layer and bench_routing time, SparseMoE<SwiGluExpert<float>, TopKGate<float>>
-// (router softmax → top-k → renormalise, as in Mixtral) on a reference shape, built once per shape;
-// its inputs; and BM_Layer_Forward, which both binaries read their other figures against.
+// The layer that bench_layer and bench_routing time, SparseMoE<SwiGluExpert<float, F>,
+// TopKGate<float>> (router softmax → top-k → renormalise, as in Mixtral) with expert weights in
+// format F (F32 or Bf16) on a reference shape, built once per shape; its inputs; and
+// BM_Layer_Forward, which both binaries read their other figures against.
 #pragma once
 
 #include "machine.hpp"
@@ -17,64 +18,77 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace moe::bench {
 
-using Layer = SparseMoE<SwiGluExpert<float>, TopKGate<float>>;
+template <class F>
+using LayerOf = SparseMoE<SwiGluExpert<float, F>, TopKGate<float>>;
+using Layer = LayerOf<F32>;
 using Matrix = RowMatrix<float>;
+
+// Bytes of one stored weight in format F: what a decode step reads per weight.
+template <class F>
+inline constexpr double kWeightBytes = sizeof(typename F::Weight);
 
 inline constexpr int kBatches = 4;  // input batches rotated through, so routing varies per iteration
 
-inline std::unique_ptr<Layer> make_layer(const Shape& s) {
+template <class F = F32>
+std::unique_ptr<LayerOf<F>> make_layer(const Shape& s) {
   TopKGate<float> gate({.d_model = s.d_model,
                         .num_experts = s.num_experts,
                         .top_k = s.top_k,
                         .scoring = Scoring::softmax,
                         .normalize = true,
                         .seed = 1});
-  SwiGluExpert<float> experts({.num_experts = s.num_experts, .d_model = s.d_model, .d_ff = s.d_ff, .seed = 2});
-  if (s.num_shared == 0) return std::make_unique<Layer>(std::move(gate), std::move(experts));
-  SharedExperts<SwiGluExpert<float>> shared(
-      SwiGluExpert<float>({.num_experts = s.num_shared, .d_model = s.d_model, .d_ff = s.shared_d_ff, .seed = 3}));
-  return std::make_unique<Layer>(std::move(gate), std::move(experts), std::move(shared));
+  using X = SwiGluExpert<float, F>;
+  X experts({.num_experts = s.num_experts, .d_model = s.d_model, .d_ff = s.d_ff, .seed = 2});
+  if (s.num_shared == 0) return std::make_unique<LayerOf<F>>(std::move(gate), std::move(experts));
+  SharedExperts<X> shared(X({.num_experts = s.num_shared, .d_model = s.d_model, .d_ff = s.shared_d_ff, .seed = 3}));
+  return std::make_unique<LayerOf<F>>(std::move(gate), std::move(experts), std::move(shared));
 }
 
-// The layer of one shape, and its gradients once a benchmark asks for them. Only one shape lives at
-// a time: mixtral-8x7b is 5.6 GB and deepseek-moe 2.2 GB. Benchmarks run in registration order,
-// grouped by shape, so each shape is built once per run.
+// The layer of one shape and format, and its gradients once a benchmark asks for them. Only one
+// lives at a time: mixtral-8x7b is 5.6 GB and deepseek-moe 2.2 GB. Benchmarks run in registration
+// order, grouped by shape and format, so each is built once per run.
+template <class F>
 struct BuiltLayer {
   std::string_view shape;
-  std::unique_ptr<Layer> layer;
-  std::unique_ptr<Layer::Gradients> gradients;
+  std::unique_ptr<LayerOf<F>> layer;
+  std::unique_ptr<typename LayerOf<F>::Gradients> gradients;
 };
 
-inline BuiltLayer& built_layer() {
-  static BuiltLayer built;
+template <class F>
+BuiltLayer<F>& built_layer() {
+  static BuiltLayer<F> built;
   return built;
 }
 
-inline Layer& layer_for(const Shape& s) {
-  BuiltLayer& built = built_layer();
+template <class F = F32>
+LayerOf<F>& layer_for(const Shape& s) {
+  BuiltLayer<F>& built = built_layer<F>();
   if (!built.layer || built.shape != s.name) {
-    built = {};  // free the previous shape (and its gradients) before allocating the next
+    built_layer<F32>() = {};  // free the previous layer (and its gradients) before allocating the next
+    built_layer<Bf16>() = {};
     const auto start = std::chrono::steady_clock::now();
-    built.layer = make_layer(s);
+    built.layer = make_layer<F>(s);
     built.layer->prepack();  // as a model does once after loading: no forward pays for packing
     built.shape = s.name;
     const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    std::fprintf(stderr, "built the %s layer (%.2f GB of routed weights) in %.1f s\n", std::string(s.name).c_str(),
-                 routed_weight_bytes(s) * 1e-9, took.count());
+    std::fprintf(stderr, "built the %s layer (%.2f GB of routed %s weights) in %.1f s\n", std::string(s.name).c_str(),
+                 routed_weight_bytes(s, kWeightBytes<F>) * 1e-9, F::name, took.count());
   }
   return *built.layer;
 }
 
 // Gradients shaped like the layer of shape s, kept across the benchmarks of that shape.
-inline Layer::Gradients& gradients_for(const Shape& s) {
-  Layer& layer = layer_for(s);
-  BuiltLayer& built = built_layer();
-  if (!built.gradients) built.gradients = std::make_unique<Layer::Gradients>(layer.make_gradients());
+template <class F = F32>
+typename LayerOf<F>::Gradients& gradients_for(const Shape& s) {
+  LayerOf<F>& layer = layer_for<F>(s);
+  BuiltLayer<F>& built = built_layer<F>();
+  if (!built.gradients) built.gradients = std::make_unique<typename LayerOf<F>::Gradients>(layer.make_gradients());
   return *built.gradients;
 }
 
@@ -105,11 +119,11 @@ struct ForwardWork {
 };
 
 // The timed loop of the forward benchmarks: forward(x, y) → ForwardWork over the rotating input
-// batches, with the cache eviction rule of evicts_caches(), then the counters GFLOPS, GBps and
-// tokens_per_s of BM_Layer_Forward.
+// batches, with the cache eviction rule of evicts_caches(), then the counters GFLOPS, GBps (of
+// weights stored in weight_bytes each) and tokens_per_s of BM_Layer_Forward.
 template <class Forward>
 void time_forward(benchmark::State& state, const Shape& s, const std::vector<Matrix>& inputs, Matrix& y,
-                  Forward&& forward) {
+                  Forward&& forward, double weight_bytes = 4.0) {
   const Index num_tokens = y.rows();
   Index assignments = 0, experts_touched = 0;
   std::size_t batch = 0;
@@ -121,12 +135,13 @@ void time_forward(benchmark::State& state, const Shape& s, const std::vector<Mat
     batch = (batch + 1) % inputs.size();
   });
   add_rate(state, "GFLOPS", expert_flops(s, assignments) * 1e-9);
-  add_rate(state, "GBps", expert_bytes(s, experts_touched) * 1e-9);
+  add_rate(state, "GBps", expert_bytes(s, experts_touched, weight_bytes) * 1e-9);
   add_tokens_rate(state, num_tokens);
 }
 
-inline void BM_Layer_Forward(benchmark::State& state, const Shape& s, Index num_tokens, int threads) {
-  Layer& layer = layer_for(s);
+template <class F = F32>
+void BM_Layer_Forward(benchmark::State& state, const Shape& s, Index num_tokens, int threads) {
+  LayerOf<F>& layer = layer_for<F>(s);
   layer.set_num_threads(threads);
   const auto inputs = make_inputs(s, num_tokens);
   Matrix y(num_tokens, s.d_model);
@@ -136,11 +151,16 @@ inline void BM_Layer_Forward(benchmark::State& state, const Shape& s, Index num_
     layer.forward(x, out);
     const RoutingStats& stats = layer.last_stats();
     return ForwardWork{stats.assignments, s.num_experts - stats.unused_experts};
-  });
+  }, kWeightBytes<F>);
+  state.SetLabel(layer.kernels());
 }
 
-inline void add_layer_forward(const Shape& s, Index num_tokens, int threads) {
-  add(case_name("BM_Layer_Forward", s, num_tokens, threads), BM_Layer_Forward, s, num_tokens, threads);
+// BM_Layer_Forward/<shape>/T:<T>/threads:<n> for fp32 weights (the name it always had), with
+// /w:<format> after it for another format.
+template <class F = F32>
+void add_layer_forward(const Shape& s, Index num_tokens, int threads) {
+  const std::string suffix = std::is_same_v<F, F32> ? "" : std::string("/w:") + F::name;
+  add(case_name("BM_Layer_Forward", s, num_tokens, threads) + suffix, BM_Layer_Forward<F>, s, num_tokens, threads);
 }
 
 }  // namespace moe::bench

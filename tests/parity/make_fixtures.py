@@ -22,6 +22,8 @@ Writes into tests/parity/fixtures/ (run from anywhere; needs torch and numpy, th
   mixtral_c.npy               c of L = sum(y * c)
   mixtral_dx.npy              dL/dx
   mixtral_grads.safetensors   dL/dθ, named "grad." + the HF name
+  mixtral_bf16_reference_y.npy  the first Mixtral layer in float64 on its expert weights rounded to bf16
+  mixtral_bf16_torch_y.npy      the same layer as PyTorch's bf16 module computes it
 """
 import json
 import pathlib
@@ -92,6 +94,23 @@ def mixtral_block(x, gate, experts, top_k=2):
     weights, ids = torch.topk(scores, top_k, dim=-1)
     weights = weights / weights.sum(dim=-1, keepdim=True)
     return experts_out(x, weights, ids, experts)
+
+
+def mixtral_block_bf16(x, gate, experts, top_k=2):
+    """HF MixtralSparseMoeBlock after .to(torch.bfloat16): activations and weights in bf16, the
+    routing softmax in float32, the routing weights cast back to bf16 before index_add_."""
+    bf16 = torch.bfloat16
+    h = x.to(bf16)
+    scores = torch.softmax(h @ gate.to(bf16).T, dim=-1, dtype=torch.float)
+    weights, ids = torch.topk(scores, top_k, dim=-1)
+    weights = (weights / weights.sum(dim=-1, keepdim=True)).to(bf16)
+    y = torch.zeros_like(h)
+    for e, (w1, w3, w2) in enumerate(experts):
+        rows, slots = torch.where(ids == e)
+        xe = h[rows]
+        out = (torch.nn.functional.silu(xe @ w1.to(bf16).T) * (xe @ w3.to(bf16).T)) @ w2.to(bf16).T
+        y.index_add_(0, rows, out * weights[rows, slots, None])
+    return y.double(), ids
 
 
 def qwen2_moe_block(x, gate, experts, shared, shared_gate, top_k=4, norm_topk_prob=False):
@@ -182,6 +201,16 @@ def main():
     save_npy("deepseek_v3_x.npy", x)
     save_npy("deepseek_v3_y.npy",
              deepseek_v3_block(x, gate, bias, experts, shared, top_k=3, n_group=4, topk_group=2, scale=2.5))
+
+    # The first Mixtral layer with bf16 expert weights: the float64 reference on the expert
+    # weights rounded to bf16 (the router stays float32, as in the library's bf16 layers), and
+    # PyTorch's bf16 module on the same weights, which must route every token alike.
+    gate, experts = layers[0][0].detach(), [tuple(w.detach() for w in e) for e in layers[0][1]]
+    rounded = [tuple(w.to(torch.bfloat16).double() for w in e) for e in experts]
+    save_npy("mixtral_bf16_reference_y.npy", mixtral_block(x, gate, rounded))
+    y_torch, ids = mixtral_block_bf16(x, gate, experts)
+    assert torch.equal(torch.sort(ids).values, torch.sort(torch.topk(x @ gate.T, 2, dim=-1).indices).values)
+    save_npy("mixtral_bf16_torch_y.npy", y_torch)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 //           whose rounding (≤ 2^-24 relative, 6e-8) is all that a double layer can differ by.
 #include <moe/io/checkpoint.hpp>
 #include <moe/io/npy.hpp>
+#include <moe/moe.hpp>
 
 #include "support/compare.hpp"
 
@@ -69,6 +70,35 @@ TYPED_TEST(Parity, MixtralForward) {
   const double error = forward_error<TypeParam>("mixtral", CheckpointFormat::mixtral, "model.layers.0.block_sparse_moe.");
   EXPECT_LE(error, bound<TypeParam>());
   std::cout << "  mixtral forward: max abs error / max |ref| = " << error << "\n";
+}
+
+// The Mixtral layer with bf16 expert weights, on every ISA path, against the float64 reference on
+// the same rounded weights: no less accurate than PyTorch's bf16 module (HF's block after
+// .to(torch.bfloat16)) by either measure.
+TEST(ParityBf16, MixtralIsNoLessAccurateThanPyTorchBf16) {
+  const auto file = moe::io::SafetensorsFile::open(fixture("mixtral.safetensors"));
+  auto f32 = moe::io::load_checkpoint_layer<float>(file, CheckpointFormat::mixtral, "model.layers.0.block_sparse_moe.");
+  const auto& from = f32.experts();
+  moe::SwiGluExpert<float, moe::Bf16> experts({.num_experts = from.num_experts(), .d_model = from.d_model(), .d_ff = from.d_ff()});
+  experts.w1().all() = from.w1().all();
+  experts.w2().all() = from.w2().all();
+  experts.w3().all() = from.w3().all();
+  moe::SparseMoE<moe::SwiGluExpert<float, moe::Bf16>, moe::TopKGate<float>> layer(f32.gate(), std::move(experts));
+  const RowMatrix<float> x = npy<float>("mixtral_x.npy");
+  const RowMatrix<double> reference = npy<double>("mixtral_bf16_reference_y.npy"), torch = npy<double>("mixtral_bf16_torch_y.npy");
+  const auto l2 = [&](const RowMatrix<double>& y) { return (y - reference).norm() / reference.norm(); };
+  const double torch_l2 = l2(torch), torch_max = relative_max_error(torch, reference);
+  for (const moe::Isa isa : moe::kernels::isa_paths<moe::Bf16>()) {
+    const moe::ScopedIsaCap cap(isa);
+    RowMatrix<float> y(x.rows(), x.cols());
+    layer.forward(x, y);
+    const RowMatrix<double> ours = y.cast<double>();
+    std::cout << "  mixtral bf16 on " << moe::isa_name(isa) << ": ‖y − ref‖/‖ref‖ = " << l2(ours)
+              << " (PyTorch bf16 " << torch_l2 << "), max error / max |ref| = " << relative_max_error(ours, reference)
+              << " (PyTorch bf16 " << torch_max << ")\n";
+    EXPECT_LE(l2(ours), torch_l2) << moe::isa_name(isa);
+    EXPECT_LE(relative_max_error(ours, reference), torch_max) << moe::isa_name(isa);
+  }
 }
 
 TYPED_TEST(Parity, MixtralSecondLayerByPrefix) {

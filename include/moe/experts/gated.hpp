@@ -200,7 +200,7 @@ class GatedExpert {
   // Up panel p: hidden units [p·U, p·U + U) of w1, then of w3, as columns; [d_model][kNR].
   void pack_up_panel(Index e, Index p, Weight* panel) const {
     const Index unit = p * kUnits, units = std::min<Index>(kUnits, d_ff() - unit);
-    if (units < kUnits) std::fill_n(panel, d_model() * kNR, Weight(0));
+    if (units < kUnits) std::fill_n(panel, F::packed_depth(d_model()) * kNR, Weight(0));
     F::pack_weight_rows(w1_[e].middleRows(unit, units), panel, 0);
     F::pack_weight_rows(w3_[e].middleRows(unit, units), panel, kUnits);
   }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "moe/concepts.hpp"
+#include "moe/kernels/bf16_format.hpp"
 #include "moe/kernels/packed_product.hpp"
 #include "moe/types.hpp"
 
@@ -55,6 +56,11 @@ concept PackedExpert =
       const_expert.forward_down(e, n, in, e, e, out, out, y);
     };
 
+// The weight formats of the experts with a packed path: fp32 (the default) and bfloat16, as in
+// SwiGluExpert<float, Bf16> (kernels/format.hpp, kernels/bf16_format.hpp).
+using F32 = kernels::NativeFormat<float>;
+using Bf16 = kernels::Bf16Format;
+
 // The packed copies (format F) of a bank's up and down projections, expert by expert on first
 // use, dropped together whenever the master weights may change: the bookkeeping of every expert
 // with a fast path, in one place.
@@ -66,15 +72,16 @@ class PackedProjections {
   explicit PackedProjections(Index num_experts = 0) : up_(num_experts), down_(num_experts) {}
 
   // Packs expert e unless it is packed: up panel p by pack_up(p, panel), each panel
-  // up_depth · kNR weights; the same for down. Calls for different e may run concurrently.
+  // F::packed_depth(up_depth) · kNR weights; the same for down. Calls for different e may run concurrently.
   template <class PackUp, class PackDown>
   void ensure(Index e, Index up_panels, Index up_depth, Index down_panels, Index down_depth, PackUp&& pack_up,
               PackDown&& pack_down) {
-    up_.ensure(e, up_panels * up_depth * F::kNR, [&](Weight* out) {
-      for (Index p = 0; p < up_panels; ++p) pack_up(p, out + p * up_depth * F::kNR);
+    const Index up_size = F::packed_depth(up_depth) * F::kNR, down_size = F::packed_depth(down_depth) * F::kNR;
+    up_.ensure(e, up_panels * up_size, [&](Weight* out) {
+      for (Index p = 0; p < up_panels; ++p) pack_up(p, out + p * up_size);
     });
-    down_.ensure(e, down_panels * down_depth * F::kNR, [&](Weight* out) {
-      for (Index p = 0; p < down_panels; ++p) pack_down(p, out + p * down_depth * F::kNR);
+    down_.ensure(e, down_panels * down_size, [&](Weight* out) {
+      for (Index p = 0; p < down_panels; ++p) pack_down(p, out + p * down_size);
     });
   }
   void clear() {

@@ -3,12 +3,14 @@
 //           (activation, bias, routing weight) — the layer's own type whatever the format;
 //   Weight  one weight as packed in a B panel ([depth][kNR]: the experts keep their weights so);
 //   Input   one activation as packed in an A micro-panel ([depth][mr]);
+// packed_depth(depth), the depth the kernels run over (a format may pad it: a panel holds
+// packed_depth · kNR weights);
 // how weights and activations are packed (pack_weight_rows, pack_input), and the kernels that
 // multiply the two: kernels(), the table of micro-kernels for the ISA moe::active_isa() names
 // (micro[mr − 1] for up to kMR rows, stream_panels for decode's few; kernels/micro_kernel.hpp).
 // kernels/packed_product.hpp runs any format; an expert takes its format as a template argument.
-// NativeFormat<S> stores and multiplies in S itself (fp32, or fp64 in tests); narrower formats
-// (bf16, int8) and their ISA-specific kernels join as further traits of this shape.
+// NativeFormat<S> stores and multiplies in S itself (fp32, or fp64 in tests); Bf16Format
+// (kernels/bf16_format.hpp) stores bfloat16; int8 joins as a further traits type of this shape.
 #pragma once
 
 #include "moe/isa.hpp"
@@ -30,6 +32,9 @@ struct NativeFormat {
   static constexpr const char* name = std::is_same_v<S, float> ? "f32" : std::is_same_v<S, double> ? "f64" : "native";
   static constexpr int kMR = Blocking<S>::kMR, kNR = Blocking<S>::kNR;
   static constexpr Index kKC = Blocking<S>::kKC;  // depth of a B block that stays in L1
+
+  // The depth the kernels run over (rows of a panel and of packed A): the depth itself.
+  static constexpr Index packed_depth(Index depth) { return depth; }
 
   // Rows of w [count, depth] as columns [column, column + count) of a panel [depth][kNR].
   static void pack_weight_rows(ConstMatrixRef<S> w, Weight* panel, Index column) {

@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <cstdint>
+#include <type_traits>
 #include <utility>
 
 namespace moe::kernels::detail {
@@ -26,27 +28,38 @@ struct Lines {
   Index count = 0, run = 0, stride = 0;
 };
 
-// One ISA's kernels for tiles of S.
+// Depths per row of a weight panel: 1 when the weights are S, 2 for bfloat16 (std::uint16_t)
+// panels, whose rows hold pairs of depths ([depth/2][kNR][2], so that the bf16 dot-product and
+// matrix units can read them).
+template <class S, class W>
+inline constexpr int kSteps = std::is_same_v<S, W> ? 1 : 2;
+
+// One ISA's kernels for tiles of S from weights W.
 //   micro[mr − 1](depth, a, b, tile, tile_stride, accumulate, ahead), mr ≤ kMR:
-//     tile[i][c] (+)= Σ_k a[k·mr + i] · b[k·kNR + c] (see micro_kernel in tile_kernels.inc);
+//     tile[i][c] (+)= Σ_k a[k·mr + i] · B(k, c) (see micro_kernel in tile_kernels.inc);
 //   decode, for m ≤ stream_rows rows: stream_panels() reads stream_width panels at a time, so that
 //     several streams from memory are in flight (benchmarks/README.md has the measurements behind
 //     the choice); each tile has the same bits as micro[m − 1]'s over the whole depth.
-template <class S>
+template <class S, class W = S>
 struct TileKernels {
-  using Micro = void (*)(Index, const S*, const S*, S*, Index, bool, const Lines&);
-  using Stream = void (*)(Index, const S*, const S*, Index, S*);
+  using Micro = void (*)(Index, const S*, const W*, S*, Index, bool, const Lines&);
+  using Stream = void (*)(Index, const S*, const W*, Index, S*);
+  using Widen = void (*)(Index, const W*, S*);
   static constexpr int kMR = Blocking<S>::kMR, kNR = Blocking<S>::kNR;
 
   Isa isa;
   std::array<Micro, kMR> micro;
   int stream_width, stream_rows;
   std::array<Stream, kMR> stream;  // [m − 1] for m ≤ stream_rows
+  // For weights this ISA widens to S as it loads them: widen(depth, b, out) writes the panel rows
+  // b as out [depth][kNR] of S, for products with enough rows to widen a block once and multiply
+  // it with S's kernels (the same sums: each weight is exactly its widened value). Null otherwise.
+  Widen widen;
 
   // store(0, m, p, tile) for the panels [p_begin, p_begin + stream_width·⌊(p_end − p_begin) /
   // stream_width⌋) of B (packed panels of `depth` rows), m ≤ stream_rows; returns where it stopped.
   template <class Store>
-  Index stream_panels(Index m, Index depth, const S* a, const S* b, Index p_begin, Index p_end, Store&& store) const {
+  Index stream_panels(Index m, Index depth, const S* a, const W* b, Index p_begin, Index p_end, Store&& store) const {
     alignas(64) S tiles[kMR * kNR];  // stream_width · stream_rows ≤ kMR
     for (; p_begin + stream_width <= p_end; p_begin += stream_width) {
       stream[static_cast<std::size_t>(m - 1)](depth, a, b + p_begin * depth * kNR, depth * kNR, tiles);
@@ -61,48 +74,33 @@ namespace generic {
 }  // namespace generic
 
 #if MOE_X86_KERNELS
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+MOE_TARGET_BEGIN(MOE_TARGET_AVX2)
 namespace avx2 {
 #include "moe/kernels/tile_kernels.inc"
 }  // namespace avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-#endif
+MOE_TARGET_END
+MOE_TARGET_BEGIN(MOE_TARGET_AVX512)
 namespace avx512 {
 #include "moe/kernels/tile_kernels.inc"
 }  // namespace avx512
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+MOE_TARGET_END
 #endif  // MOE_X86_KERNELS
 
-// The best kernels for S at or below `isa` that this build has.
-template <class S>
-const TileKernels<S>& tile_kernels(Isa isa) {
+// The best kernels for S from weights W at or below `isa` that this build has.
+template <class S, class W = S>
+const TileKernels<S, W>& tile_kernels(Isa isa) {
   constexpr auto rows = std::make_index_sequence<Blocking<S>::kMR>{};
 #if MOE_X86_KERNELS
   if (isa >= Isa::avx512) {
-    static constexpr TileKernels<S> kernels = avx512::make_tile_kernels<Avx512Vec<S>>(Isa::avx512, rows);
+    static constexpr TileKernels<S, W> kernels = avx512::make_tile_kernels<Avx512Vec<S>, W>(Isa::avx512, rows);
     return kernels;
   }
   if (isa >= Isa::avx2) {
-    static constexpr TileKernels<S> kernels = avx2::make_tile_kernels<Avx2Vec<S>>(Isa::avx2, rows);
+    static constexpr TileKernels<S, W> kernels = avx2::make_tile_kernels<Avx2Vec<S>, W>(Isa::avx2, rows);
     return kernels;
   }
 #endif
-  static constexpr TileKernels<S> kernels = generic::make_tile_kernels<GenericVec<S>>(Isa::generic, rows);
+  static constexpr TileKernels<S, W> kernels = generic::make_tile_kernels<GenericVec<S>, W>(Isa::generic, rows);
   return kernels;
 }
 

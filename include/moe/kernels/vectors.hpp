@@ -1,14 +1,19 @@
 // One vector register of S per ISA, the vocabulary the micro-kernels (kernels/tile_kernels.inc)
 // are written in: Reg, kWidth (scalars per register), kRegisters (in the register file), and
-// zero / load / store / broadcast / fma (a·b + c, one rounding where the ISA has FMA). GenericVec
+// zero / load / store / broadcast / fma (a·b + c, one rounding where the ISA has FMA), and for
+// float widen_bf16_pairs (kWidth pairs of bfloat16, [j][2], into the registers of their first and
+// second halves: what the bf16 kernels read a weight panel with). GenericVec
 // is Eigen's packet for whatever the compiler targets; the x86 ones are compiled for their ISA
 // whatever the build's flags (each region's `target`), and only called once moe::active_isa()
 // says the CPU has it.
 #pragma once
 
+#include "moe/detail/float16.hpp"
 #include "moe/isa.hpp"
 #include "moe/kernels/blocking.hpp"
 #include "moe/types.hpp"
+
+#include <cstdint>
 
 #if MOE_X86_KERNELS
 #include <immintrin.h>
@@ -27,18 +32,35 @@ struct GenericVec {
   static void store(S* to, const Reg& r) { simd::store<S>(to, r); }
   static Reg broadcast(S value) { return simd::broadcast<S>(value); }
   static Reg fma(const Reg& a, const Reg& b, const Reg& c) { return simd::multiply_add<S>(a, b, c); }
+  static void widen_bf16_pairs(const std::uint16_t* from, Reg& first, Reg& second) {
+    alignas(64) S firsts[kWidth], seconds[kWidth];
+    for (int j = 0; j < kWidth; ++j) {
+      firsts[j] = moe::detail::bf16_to_float(from[2 * j]);
+      seconds[j] = moe::detail::bf16_to_float(from[2 * j + 1]);
+    }
+    first = load(firsts);
+    second = load(seconds);
+  }
 };
 
 #if MOE_X86_KERNELS
 
+// A region of code compiled for an ISA whatever the build's flags: every function defined between
+// MOE_TARGET_BEGIN(features) and MOE_TARGET_END gets the `target` attribute.
+#define MOE_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define MOE_TARGET_BEGIN(features) MOE_PRAGMA(clang attribute push(__attribute__((target(features))), apply_to = function))
+#define MOE_TARGET_END MOE_PRAGMA(clang attribute pop)
+#else
+#define MOE_TARGET_BEGIN(features) MOE_PRAGMA(GCC push_options) MOE_PRAGMA(GCC target(features))
+#define MOE_TARGET_END MOE_PRAGMA(GCC pop_options)
+#endif
+#define MOE_TARGET_AVX2 "avx2,fma"
+#define MOE_TARGET_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
+
 #define MOE_VEC_OP __attribute__((always_inline)) static inline
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+MOE_TARGET_BEGIN(MOE_TARGET_AVX2)
 
 template <class S>
 struct Avx2Vec;
@@ -52,6 +74,12 @@ struct Avx2Vec<float> {
   MOE_VEC_OP void store(float* to, Reg r) { _mm256_storeu_ps(to, r); }
   MOE_VEC_OP Reg broadcast(float value) { return _mm256_set1_ps(value); }
   MOE_VEC_OP Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  // A pair is one 32-bit lane, its first bf16 in the low half: shifted up, or masked, it is a float.
+  MOE_VEC_OP void widen_bf16_pairs(const std::uint16_t* from, Reg& first, Reg& second) {
+    const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from));
+    first = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
+    second = _mm256_castsi256_ps(_mm256_and_si256(pairs, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
 };
 template <>
 struct Avx2Vec<double> {
@@ -65,18 +93,9 @@ struct Avx2Vec<double> {
   MOE_VEC_OP Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_pd(a, b, c); }
 };
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+MOE_TARGET_END
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
-#endif
+MOE_TARGET_BEGIN(MOE_TARGET_AVX512)
 
 template <class S>
 struct Avx512Vec;
@@ -90,6 +109,11 @@ struct Avx512Vec<float> {
   MOE_VEC_OP void store(float* to, Reg r) { _mm512_storeu_ps(to, r); }
   MOE_VEC_OP Reg broadcast(float value) { return _mm512_set1_ps(value); }
   MOE_VEC_OP Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  MOE_VEC_OP void widen_bf16_pairs(const std::uint16_t* from, Reg& first, Reg& second) {
+    const __m512i pairs = _mm512_loadu_si512(from);
+    first = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+    second = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
 };
 template <>
 struct Avx512Vec<double> {
@@ -103,11 +127,7 @@ struct Avx512Vec<double> {
   MOE_VEC_OP Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_pd(a, b, c); }
 };
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+MOE_TARGET_END
 
 #undef MOE_VEC_OP
 

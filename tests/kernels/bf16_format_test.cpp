@@ -1,0 +1,174 @@
+// kernels/bf16_format.hpp: Bf16Format — its packing (bf16 pairs in the panel, rounded to nearest
+// even; activations rounded to bf16, odd depths padded with zeros) and its kernels on every ISA
+// path the machine has, against a triple loop in double over the same bf16 values.
+#include <moe/detail/float16.hpp>
+#include <moe/kernels/bf16_format.hpp>
+#include <moe/kernels/packed_product.hpp>
+
+#include "support/compare.hpp"
+#include "support/reference_products.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace MOE_TEST_FILE_ID {
+
+using moe::Index;
+using moe::RowMatrix;
+using moe::test::random_matrix;
+using moe::test::reference::product;
+using F = moe::kernels::Bf16Format;
+constexpr Index NR = F::kNR;
+
+float to_bf16(float v) { return moe::detail::bf16_to_float(moe::detail::float_to_bf16(v)); }
+
+RowMatrix<float> rounded(const RowMatrix<float>& m) { return m.unaryExpr([](float v) { return to_bf16(v); }); }
+
+// B(k, c) of a packed panel: pair k/2, column c, lane k mod 2.
+RowMatrix<float> unpacked_panel(const std::vector<F::Weight>& panel, Index depth) {
+  RowMatrix<float> b(depth, NR);
+  for (Index k = 0; k < depth; ++k)
+    for (Index c = 0; c < NR; ++c)
+      b(k, c) = moe::detail::bf16_to_float(panel[static_cast<std::size_t>(k / 2 * 2 * NR + 2 * c + k % 2)]);
+  return b;
+}
+
+TEST(Bf16Format, PaddedDepthIsEvenAndSizesFollowIt) {
+  EXPECT_EQ(F::packed_depth(6), 6);
+  EXPECT_EQ(F::packed_depth(7), 8);
+  EXPECT_EQ(F::input_size(5, 7), 40);
+  EXPECT_EQ(F::kKC % 2, 0);
+  EXPECT_EQ(std::string(F::name), "bf16");
+}
+
+// pack_weight_rows: row r of w at column `column + r` of the panel, every value rounded to nearest
+// even, the odd depth's partner zero, the other columns left alone.
+TEST(Bf16Format, PackWeightRowsWritesRoundedPairs) {
+  const Index depth = 7, count = 5, column = 3;
+  RowMatrix<float> w = random_matrix<float>(count, depth, 1);
+  w(0, 0) = 1.0f + 0x1p-8f;              // a tie between 1 and 1 + 2⁻⁷: to the even one, 1
+  w(0, 1) = 1.0f + 0x1p-8f + 0x1p-7f;    // a tie between 1 + 2⁻⁷ and 1 + 2⁻⁶: to 1 + 2⁻⁶
+  std::vector<F::Weight> panel(static_cast<std::size_t>(F::packed_depth(depth) * NR), 0x7777);
+  F::pack_weight_rows(w, panel.data(), column);
+  const RowMatrix<float> b = unpacked_panel(panel, F::packed_depth(depth));
+  EXPECT_EQ(b(0, column), 1.0f);
+  EXPECT_EQ(b(1, column), 1.0f + 0x1p-6f);
+  for (Index r = 0; r < count; ++r) {
+    for (Index k = 0; k < depth; ++k) EXPECT_EQ(b(k, column + r), to_bf16(w(r, k))) << r << ", " << k;
+    EXPECT_EQ(b(depth, column + r), 0.0f) << "padding of row " << r;
+  }
+  EXPECT_EQ(panel[0], 0x7777) << "column 0 is not one of the rows'";
+}
+
+// pack_input: micro-panels [padded depth][mr] of bf16-rounded values, zeros at the padded depth,
+// nothing written past input_size.
+TEST(Bf16Format, PackInputRoundsToBf16AndPadsTheDepth) {
+  const Index m = F::kMR + 5, depth = 9, padded = F::packed_depth(depth);
+  const RowMatrix<float> x = random_matrix<float>(m, depth, 2);
+  std::vector<float> packed(static_cast<std::size_t>(F::input_size(m, depth) + 4), -7.0f);
+  F::pack_input(moe::kernels::strided<float>(x), m, depth, packed.data());
+  for (Index q0 = 0; q0 < m; q0 += F::kMR) {
+    const Index mr = std::min<Index>(F::kMR, m - q0);
+    for (Index i = 0; i < mr; ++i)
+      for (Index k = 0; k < padded; ++k)
+        EXPECT_EQ(packed[static_cast<std::size_t>(q0 * padded + k * mr + i)], k < depth ? to_bf16(x(q0 + i, k)) : 0.0f);
+  }
+  for (Index i = F::input_size(m, depth); i < Index(packed.size()); ++i) EXPECT_EQ(packed[static_cast<std::size_t>(i)], -7.0f);
+}
+
+// The micro-kernels of every path against the triple loop over the same bf16 values, overwriting
+// and accumulating; decode's stream kernels give the micro-kernel's bits; avx2 and avx512 agree.
+TEST(Bf16Format, KernelsMatchAPlainLoopOnEveryIsa) {
+  const Index depth = 38;  // even: the kernels run over packed_depth
+  const RowMatrix<float> w = random_matrix<float>(NR, depth, 3);
+  std::vector<F::Weight> panel(static_cast<std::size_t>(depth * NR));
+  F::pack_weight_rows(w, panel.data(), 0);
+  const RowMatrix<float> b = unpacked_panel(panel, depth);
+  std::vector<RowMatrix<float>> by_isa;
+  for (const moe::Isa isa : moe::kernels::isa_paths<F>()) {
+    const auto& kernels = F::kernels(isa);
+    ASSERT_EQ(kernels.isa, isa);
+    RowMatrix<float> all(F::kMR * F::kMR, NR);
+    for (Index mr = 1; mr <= F::kMR; ++mr) {
+      SCOPED_TRACE(testing::Message() << moe::isa_name(isa) << ", mr " << mr);
+      const RowMatrix<float> x = rounded(random_matrix<float>(mr, depth, 4 + std::uint64_t(mr)));
+      std::vector<float> a(static_cast<std::size_t>(mr * depth));
+      F::pack_input(moe::kernels::strided<float>(x), mr, depth, a.data());
+      const RowMatrix<float> before = random_matrix<float>(mr, NR, 5);
+      RowMatrix<float> tile(mr, NR), sum = before;
+      kernels.micro[static_cast<std::size_t>(mr - 1)](depth, a.data(), panel.data(), tile.data(), NR, false, {});
+      kernels.micro[static_cast<std::size_t>(mr - 1)](depth, a.data(), panel.data(), sum.data(), NR, true, {});
+      MOE_EXPECT_CLOSE(float, tile, product(x, b));
+      MOE_EXPECT_CLOSE(float, sum, (product(x, b) + before.cast<double>()).eval());
+      all.middleRows((mr - 1) * F::kMR, mr) = tile;
+      if (mr <= kernels.stream_rows) {
+        std::vector<float> tiles(static_cast<std::size_t>(kernels.stream_width * mr * NR));
+        std::vector<F::Weight> panels;
+        for (int p = 0; p < kernels.stream_width; ++p) panels.insert(panels.end(), panel.begin(), panel.end());
+        kernels.stream[static_cast<std::size_t>(mr - 1)](depth, a.data(), panels.data(), depth * NR, tiles.data());
+        for (int p = 0; p < kernels.stream_width; ++p)
+          EXPECT_EQ(RowMatrix<float>(Eigen::Map<const RowMatrix<float>>(tiles.data() + p * mr * NR, mr, NR)), tile);
+      }
+    }
+    if (isa >= moe::Isa::avx2) by_isa.push_back(all);
+  }
+  for (std::size_t i = 1; i < by_isa.size(); ++i) EXPECT_EQ(by_isa[i], by_isa[0]) << "avx2 and avx512 sum alike";
+}
+
+// multiply_packed through pack_weight_panel, for an odd depth (padded), rows past a tile and
+// decode's few rows, on every path: the product of the rounded operands.
+TEST(Bf16Format, PackedProductsOfOddDepthMatchTheRoundedProduct) {
+  const Index depth = 45, n = 2 * NR + 7, panels = moe::kernels::num_panels<float>(n);
+  const RowMatrix<float> w = random_matrix<float>(n, depth, 6);
+  std::vector<F::Weight> b(static_cast<std::size_t>(panels * F::packed_depth(depth) * NR));
+  for (Index p = 0; p < panels; ++p)
+    moe::kernels::pack_weight_panel<F>(w, p, b.data() + p * F::packed_depth(depth) * NR);
+  for (const moe::Isa isa : moe::kernels::isa_paths<F>())
+    for (const Index m : {Index(1), Index(3), Index(F::kMR + 4)}) {
+      SCOPED_TRACE(testing::Message() << moe::isa_name(isa) << ", m " << m);
+      const moe::ScopedIsaCap cap(isa);
+      const RowMatrix<float> x = random_matrix<float>(m, depth, 7);
+      std::vector<float> a(static_cast<std::size_t>(F::input_size(m, depth))), tiles(static_cast<std::size_t>(m * NR));
+      F::pack_input(moe::kernels::strided<float>(x), m, depth, a.data());
+      RowMatrix<float> y(m, n);
+      moe::kernels::detail::multiply_packed<F>(m, depth, a.data(), b.data(), 0, panels, tiles.data(),
+                                               [&](Index i0, Index mr, Index p, const float* tile) {
+        moe::kernels::store_output_tile<F>(y, i0, mr, p, tile, nullptr, nullptr);
+      });
+      MOE_EXPECT_CLOSE(float, y, product(rounded(x), RowMatrix<float>(rounded(w).transpose())));
+    }
+}
+
+// With more than one row tile, multiply_packed widens each block once and runs fp32's kernels; with
+// one, the bf16 kernels widen as they load. Both sum the same products in the same order: the
+// first tile's rows have the same bits either way. widen() writes the panel's values.
+TEST(Bf16Format, WideningOnceGivesTheBitsOfWideningOnLoad) {
+  const Index depth = 600, n = NR;  // two depth blocks of fp32's kernels
+  const RowMatrix<float> w = random_matrix<float>(n, depth, 8), x = random_matrix<float>(F::kMR + 5, depth, 9);
+  std::vector<F::Weight> b(static_cast<std::size_t>(depth * NR));
+  moe::kernels::pack_weight_panel<F>(w, 0, b.data());
+  for (const moe::Isa isa : moe::kernels::isa_paths<F>()) {
+    SCOPED_TRACE(moe::isa_name(isa));
+    const moe::ScopedIsaCap cap(isa);
+    ASSERT_NE(F::kernels().widen, nullptr);
+    std::vector<float> wide(static_cast<std::size_t>(depth * NR));
+    F::kernels().widen(depth, b.data(), wide.data());
+    EXPECT_EQ(RowMatrix<float>(Eigen::Map<const RowMatrix<float>>(wide.data(), depth, NR)), unpacked_panel(b, depth));
+    const auto product_of = [&](Index m) {
+      std::vector<float> a(static_cast<std::size_t>(F::input_size(m, depth))), tiles(static_cast<std::size_t>(m * NR));
+      F::pack_input(moe::kernels::strided<float>(x), m, depth, a.data());
+      RowMatrix<float> y(m, n);
+      moe::kernels::detail::multiply_packed<F>(m, depth, a.data(), b.data(), 0, 1, tiles.data(),
+                                               [&](Index i0, Index mr, Index p, const float* tile) {
+        moe::kernels::store_output_tile<F>(y, i0, mr, p, tile, nullptr, nullptr);
+      });
+      return y;
+    };
+    EXPECT_EQ(RowMatrix<float>(product_of(F::kMR + 5).topRows(F::kMR)), product_of(F::kMR));
+  }
+}
+
+}  // namespace MOE_TEST_FILE_ID
