@@ -142,33 +142,4 @@ TEST(Bf16Format, PackedProductsOfOddDepthMatchTheRoundedProduct) {
     }
 }
 
-// With more than one row tile, multiply_packed widens each block once and runs fp32's kernels; with
-// one, the bf16 kernels widen as they load. Both sum the same products in the same order: the
-// first tile's rows have the same bits either way. widen() writes the panel's values.
-TEST(Bf16Format, WideningOnceGivesTheBitsOfWideningOnLoad) {
-  const Index depth = 600, n = NR;  // two depth blocks of fp32's kernels
-  const RowMatrix<float> w = random_matrix<float>(n, depth, 8), x = random_matrix<float>(F::kMR + 5, depth, 9);
-  std::vector<F::Weight> b(static_cast<std::size_t>(depth * NR));
-  moe::kernels::pack_weight_panel<F>(w, 0, b.data());
-  for (const moe::Isa isa : moe::kernels::isa_paths<F>()) {
-    SCOPED_TRACE(moe::isa_name(isa));
-    const moe::ScopedIsaCap cap(isa);
-    ASSERT_NE(F::kernels().widen, nullptr);
-    std::vector<float> wide(static_cast<std::size_t>(depth * NR));
-    F::kernels().widen(depth, b.data(), wide.data());
-    EXPECT_EQ(RowMatrix<float>(Eigen::Map<const RowMatrix<float>>(wide.data(), depth, NR)), unpacked_panel(b, depth));
-    const auto product_of = [&](Index m) {
-      std::vector<float> a(static_cast<std::size_t>(F::input_size(m, depth))), tiles(static_cast<std::size_t>(m * NR));
-      F::pack_input(moe::kernels::strided<float>(x), m, depth, a.data());
-      RowMatrix<float> y(m, n);
-      moe::kernels::detail::multiply_packed<F>(m, depth, a.data(), b.data(), 0, 1, tiles.data(),
-                                               [&](Index i0, Index mr, Index p, const float* tile) {
-        moe::kernels::store_output_tile<F>(y, i0, mr, p, tile, nullptr, nullptr);
-      });
-      return y;
-    };
-    EXPECT_EQ(RowMatrix<float>(product_of(F::kMR + 5).topRows(F::kMR)), product_of(F::kMR));
-  }
-}
-
 }  // namespace MOE_TEST_FILE_ID

@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
-#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -44,17 +43,12 @@ template <class S, class W = S>
 struct TileKernels {
   using Micro = void (*)(Index, const S*, const W*, S*, Index, bool, const Lines&);
   using Stream = void (*)(Index, const S*, const W*, Index, S*);
-  using Widen = void (*)(Index, const W*, S*);
   static constexpr int kMR = Blocking<S>::kMR, kNR = Blocking<S>::kNR;
 
   Isa isa;
   std::array<Micro, kMR> micro;
   int stream_width, stream_rows;
   std::array<Stream, kMR> stream;  // [m − 1] for m ≤ stream_rows
-  // For weights this ISA widens to S as it loads them: widen(depth, b, out) writes the panel rows
-  // b as out [depth][kNR] of S, for products with enough rows to widen a block once and multiply
-  // it with S's kernels (the same sums: each weight is exactly its widened value). Null otherwise.
-  Widen widen;
 
   // store(0, m, p, tile) for the panels [p_begin, p_begin + stream_width·⌊(p_end − p_begin) /
   // stream_width⌋) of B (packed panels of `depth` rows), m ≤ stream_rows; returns where it stopped.

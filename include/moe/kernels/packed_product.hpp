@@ -55,13 +55,7 @@ void multiply_packed(Index m, Index depth, const typename F::Input* a, const typ
   // several streams in flight keep busier than one.
   if (m <= kernels.stream_rows) p_begin = kernels.stream_panels(m, depth, a, b, p_begin, p_end, store);
   const Index row_tiles = (m + MR - 1) / MR, b_rows = p_end * depth;  // B: rows of kNR weights
-  // Weights the ISA widens as it loads them (bf16 without bf16 units): with more than one row tile
-  // to reuse a block, the block is widened once, into S, and multiplied by S's own kernels (blocks
-  // of S's depth): the same sums, since each weight is exactly its widened value.
-  const bool widen = kernels.widen && row_tiles > 1;
-  const auto& wide_kernels = tile_kernels<S>(kernels.isa);
-  alignas(64) static thread_local S wide[Blocking<S>::kKC * NR];
-  const Index KC = widen ? Blocking<S>::kKC : F::kKC;
+  constexpr Index KC = F::kKC;
   const Index blocks = (p_end - p_begin) * ((depth + KC - 1) / KC);
   const Index run0 = ahead ? ahead->bytes[0] / kLine : 0, ahead_lines = ahead ? run0 + ahead->bytes[1] / kLine : 0;
   for (Index p = p_begin, block = 0; p < p_end; ++p) {
@@ -70,7 +64,6 @@ void multiply_packed(Index m, Index depth, const typename F::Input* a, const typ
       const Index kc = std::min(KC, depth - k0), two_ahead = p * depth + k0 + kc + KC;
       const Index lines = std::clamp<Index>(b_rows - two_ahead, 0, kc) * NR * Index(sizeof(*b)) / kLine;
       const char* next = lines > 0 ? reinterpret_cast<const char*>(b + two_ahead * NR) : nullptr;
-      if (widen) kernels.widen(kc, panel + k0 * NR, wide);
       for (Index t = 0, i0 = 0; i0 < m; ++t, i0 += MR) {
         const Index mr = std::min<Index>(MR, m - i0);
         const char* from = nullptr;  // this tile's share of the lines to prefetch
@@ -85,12 +78,8 @@ void multiply_packed(Index m, Index depth, const typename F::Input* a, const typ
           count = lines * (t + 1) / row_tiles - first;
           from = next + first * kLine;
         }
-        const Lines lines_ahead{from, count, count * kLine, 0};
-        const auto tile = static_cast<std::size_t>(mr - 1);
-        if (widen)
-          wide_kernels.micro[tile](kc, a + i0 * depth + k0 * mr, wide, tiles + i0 * NR, NR, k0 > 0, lines_ahead);
-        else
-          kernels.micro[tile](kc, a + i0 * depth + k0 * mr, panel + k0 * NR, tiles + i0 * NR, NR, k0 > 0, lines_ahead);
+        kernels.micro[static_cast<std::size_t>(mr - 1)](kc, a + i0 * depth + k0 * mr, panel + k0 * NR, tiles + i0 * NR,
+                                                        NR, k0 > 0, {from, count, count * kLine, 0});
         if (k0 + kc == depth) store(i0, mr, p, static_cast<const S*>(tiles + i0 * NR));
       }
     }
