@@ -24,12 +24,14 @@ namespace {
 constexpr const char* kUsage = R"(usage: moe-run --weights FILE --format mixtral|qwen2-moe|deepseek-v2|deepseek-v3
                --input X.npy --output Y.npy [--prefix P]
                [--top-k K] [--norm-topk-prob 0|1] [--n-group G] [--topk-group G] [--routed-scale S]
-               [--stats] [--check REF.npy [--tolerance R]]
+               [--dtype f32|bf16] [--stats] [--check REF.npy [--tolerance R]]
   --weights     a safetensors file holding the layer
   --format      the checkpoint's naming and routing
   --prefix      the layer's tensor prefix, e.g. model.layers.3.block_sparse_moe. (default: none)
   --input       tokens [T, d_model] (.npy, float16/32/64);  --output: y [T, d_model] (.npy, float32)
   --top-k ...   routing values the file does not hold (default: the format's HF defaults)
+  --dtype       the experts' weights in memory: f32, or bf16 (rounded to nearest even; a BF16
+                file's values exactly). Default: bf16 if the file's experts are BF16, else f32
   --stats       print the routing statistics (tokens per expert, imbalance, entropy)
   --check       compare y with REF.npy; fail if max|y - ref| > R * max|ref| (R default 1e-5)
 )";
@@ -54,7 +56,7 @@ struct Arguments {
   static Arguments parse(int argc, char** argv) {
     static const std::string_view with_value[] = {"--weights", "--format", "--prefix", "--input", "--output",
                                                   "--top-k", "--norm-topk-prob", "--n-group", "--topk-group",
-                                                  "--routed-scale", "--check", "--tolerance"};
+                                                  "--routed-scale", "--check", "--tolerance", "--dtype"};
     Arguments args;
     for (int i = 1; i < argc; ++i) {
       const std::string_view flag = argv[i];
@@ -101,15 +103,13 @@ void print_stats(const moe::RoutingStats& s) {
                 100.0 * s.load_fraction[e]);
 }
 
-int run(const Arguments& args) {
-  const auto format = moe::io::parse_format(*args.get("--format"));
-  if (!format) throw UsageError{"--format: '" + *args.get("--format") + "' is not a known format"};
+// The layer's forward on x, its report and --check, for expert weights in format F.
+template <class F>
+int run_layer(const Arguments& args, const moe::io::SafetensorsFile& file, moe::io::CheckpointFormat format) {
   const auto options = routing_options(args);
   const std::string prefix = args.get("--prefix") ? *args.get("--prefix") : "";
   const double tolerance = args.get("--tolerance") ? number<double>("--tolerance", *args.get("--tolerance")) : 1e-5;
-
-  const auto file = moe::io::SafetensorsFile::open(*args.get("--weights"));
-  auto layer = moe::io::load_checkpoint_layer<float>(file, *format, prefix, options);
+  auto layer = moe::io::load_checkpoint_layer<float, F>(file, format, prefix, options);
   const auto x = moe::io::NpyFile::open(*args.get("--input")).read<float>();
   if (x.cols() != layer.d_model())
     throw moe::shape_error(*args.get("--input") + ": " + std::to_string(x.cols()) + " columns but the layer's d_model = " +
@@ -117,8 +117,8 @@ int run(const Arguments& args) {
   moe::RowMatrix<float> y(x.rows(), x.cols());
   layer.forward(x, y);
   moe::io::write_npy(*args.get("--output"), y);
-  std::printf("%s layer '%s': %lld experts, top-%lld, d_model %lld, d_ff %lld%s; %lld tokens -> %s\n",
-              moe::io::format_name(*format).data(), prefix.c_str(), (long long)layer.num_experts(),
+  std::printf("%s layer '%s' (%s weights): %lld experts, top-%lld, d_model %lld, d_ff %lld%s; %lld tokens -> %s\n",
+              moe::io::format_name(format).data(), prefix.c_str(), F::name, (long long)layer.num_experts(),
               (long long)layer.gate().config().top_k, (long long)layer.d_model(), (long long)layer.experts().d_ff(),
               layer.shared() ? " + shared experts" : "", (long long)x.rows(), args.get("--output")->c_str());
   if (args.stats) {
@@ -137,6 +137,22 @@ int run(const Arguments& args) {
     if (!(error <= tolerance)) return 1;
   }
   return 0;
+}
+
+int run(const Arguments& args) {
+  const auto format = moe::io::parse_format(*args.get("--format"));
+  if (!format) throw UsageError{"--format: '" + *args.get("--format") + "' is not a known format"};
+  const auto file = moe::io::SafetensorsFile::open(*args.get("--weights"));
+  std::string dtype = args.get("--dtype") ? *args.get("--dtype") : "";
+  if (dtype.empty()) {  // the file's: the dtype of its first expert tensor under the prefix
+    const std::string prefix = args.get("--prefix") ? *args.get("--prefix") : "";
+    const std::string first = prefix + (*format == moe::io::CheckpointFormat::mixtral ? "experts.0.w1.weight"
+                                                                                     : "experts.0.gate_proj.weight");
+    dtype = file.contains(first) && file.info(first).dtype == moe::io::Dtype::BF16 ? "bf16" : "f32";
+  }
+  if (dtype == "f32") return run_layer<moe::F32>(args, file, *format);
+  if (dtype == "bf16") return run_layer<moe::Bf16>(args, file, *format);
+  throw UsageError{"--dtype: '" + dtype + "' is not f32 or bf16"};
 }
 
 }  // namespace

@@ -97,8 +97,10 @@ inline TopKGateConfig checkpoint_gate_config(CheckpointFormat f, Index d_model, 
   return c;
 }
 
-template <class S>
-using CheckpointLayer = SparseMoE<SwiGluExpert<S>, TopKGate<S>>;
+// F: the experts' weight format (fp32 by default; Bf16 rounds the file's values to bfloat16, which
+// keeps a BF16 checkpoint's values exactly).
+template <class S, class F = kernels::NativeFormat<S>>
+using CheckpointLayer = SparseMoE<SwiGluExpert<S, F>, TopKGate<S>>;
 
 }  // namespace moe::io
 
@@ -189,16 +191,16 @@ class LayerTensors {
 
 // A bank of SwiGLU experts from the tensors "<head><i>.<w1|w3|w2>.weight" (HF names: gate_proj,
 // up_proj, down_proj), or with `single` one expert from "<head><w1|w3|w2>.weight".
-template <class S>
-SwiGluExpert<S> read_swiglu_bank(LayerTensors& in, const std::string& head, Index num_experts, Index d_model,
-                                 bool hf_names, bool single) {
+template <class S, class F>
+SwiGluExpert<S, F> read_swiglu_bank(LayerTensors& in, const std::string& head, Index num_experts, Index d_model,
+                                    bool hf_names, bool single) {
   const std::string w1 = hf_names ? "gate_proj" : "w1", w3 = hf_names ? "up_proj" : "w3",
                     w2 = hf_names ? "down_proj" : "w2";
   auto name = [&](Index e, const std::string& w) {
     return single ? head + w + ".weight" : concat(head, e, ".", w, ".weight");
   };
   const Index d_ff = in.shape(name(0, w1), 2)[0];
-  SwiGluExpert<S> bank({.num_experts = num_experts, .d_model = d_model, .d_ff = d_ff});
+  SwiGluExpert<S, F> bank({.num_experts = num_experts, .d_model = d_model, .d_ff = d_ff});
   for (Index e = 0; e < num_experts; ++e) {
     in.read(name(e, w1), {d_ff, d_model}, bank.w1()[e], concat("[d_ff, d_model], d_ff from ", name(0, w1)));
     in.read(name(e, w3), {d_ff, d_model}, bank.w3()[e], "[d_ff, d_model]");
@@ -211,13 +213,14 @@ SwiGluExpert<S> read_swiglu_bank(LayerTensors& in, const std::string& head, Inde
 
 namespace moe::io {
 
-// One MoE layer of `format` under `prefix` (e.g. "model.layers.3.block_sparse_moe."), in S.
+// One MoE layer of `format` under `prefix` (e.g. "model.layers.3.block_sparse_moe."), in S, its
+// experts' weights in format F.
 //   ensures: a layer in inference mode; shared() is set for qwen2-moe and deepseek-*, null for mixtral.
 //   throws:  io_error (file, tensor, expectation) for anything the file lacks or holds wrongly;
 //            config_error when the options do not fit the file (e.g. top_k > num_experts).
-template <class S>
-CheckpointLayer<S> load_checkpoint_layer(const SafetensorsFile& file, CheckpointFormat format,
-                                         const std::string& prefix = "", const CheckpointOptions& options = {}) {
+template <class S, class F = kernels::NativeFormat<S>>
+CheckpointLayer<S, F> load_checkpoint_layer(const SafetensorsFile& file, CheckpointFormat format,
+                                            const std::string& prefix = "", const CheckpointOptions& options = {}) {
   moe::detail::LayerTensors in(file, prefix, format);
   const bool hf_names = format != CheckpointFormat::mixtral;
   const Index E = in.count_experts();
@@ -233,21 +236,21 @@ CheckpointLayer<S> load_checkpoint_layer(const SafetensorsFile& file, Checkpoint
     in.read("gate.e_score_correction_bias", {E}, Eigen::Map<RowMatrix<S>>(selection_bias.data(), 1, E),
             "[num_experts]");
   }
-  auto experts = moe::detail::read_swiglu_bank<S>(in, "experts.", E, d, hf_names, false);
-  std::optional<SharedExperts<SwiGluExpert<S>>> shared;
+  auto experts = moe::detail::read_swiglu_bank<S, F>(in, "experts.", E, d, hf_names, false);
+  std::optional<SharedExperts<SwiGluExpert<S, F>>> shared;
   if (format == CheckpointFormat::qwen2_moe) {
-    shared.emplace(moe::detail::read_swiglu_bank<S>(in, "shared_expert.", 1, d, true, true), /*gated=*/true);
+    shared.emplace(moe::detail::read_swiglu_bank<S, F>(in, "shared_expert.", 1, d, true, true), /*gated=*/true);
     in.read("shared_expert_gate.weight", {1, d}, shared->gate_weight(), "[1, d_model]");
   } else if (format != CheckpointFormat::mixtral) {
-    shared.emplace(moe::detail::read_swiglu_bank<S>(in, "shared_experts.", 1, d, true, true), /*gated=*/false);
+    shared.emplace(moe::detail::read_swiglu_bank<S, F>(in, "shared_experts.", 1, d, true, true), /*gated=*/false);
   }
   in.check_all_used();
 
   TopKGate<S> gate(checkpoint_gate_config(format, d, E, options));
   gate.router().weight() = std::move(gate_weight);
   if (selection_bias.size() > 0) gate.selection_bias() = std::move(selection_bias);
-  if (shared) return CheckpointLayer<S>(std::move(gate), std::move(experts), std::move(*shared));
-  return CheckpointLayer<S>(std::move(gate), std::move(experts));
+  if (shared) return CheckpointLayer<S, F>(std::move(gate), std::move(experts), std::move(*shared));
+  return CheckpointLayer<S, F>(std::move(gate), std::move(experts));
 }
 
 }  // namespace moe::io

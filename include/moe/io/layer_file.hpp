@@ -7,7 +7,9 @@
 // Tensors keep the names of parameters(): gate.weight [E, d], gate.bias [E], gate.noise_weight
 // [E, d], gate.selection_bias [E], experts.w1|w3 [E, f, d], experts.w2 [E, d, f],
 // shared_experts.w1|w3|w2 and shared_experts.gate_weight [1, d] (the optional ones only when
-// present), in S's own dtype (F32 or F64), so a round trip gives the same bits. The configuration
+// present), in S's own dtype (F32 or F64), so a round trip gives the same bits. A layer with bf16
+// experts (CheckpointLayer<float, Bf16>) saves its fp32 master weights; load_layer<float, Bf16>
+// gives it back with the same bits, and its packed bf16 weights with them. The configuration
 // is in "__metadata__" ("moe.layer", "gate.top_k", ...; doubles written shortest-round-trip).
 // Not saved: the noise generator's position (a loaded gate restarts it from its seed), the mode
 // and the thread count.
@@ -81,8 +83,8 @@ void read_exact(const io::SafetensorsFile& file, const std::string& name, const 
 namespace moe::io {
 
 // The bytes of save_layer's file.
-template <class S>
-SafetensorsWriter layer_writer(const CheckpointLayer<S>& layer) {
+template <class S, class F>
+SafetensorsWriter layer_writer(const CheckpointLayer<S, F>& layer) {
   constexpr Dtype dtype = std::is_same_v<S, float> ? Dtype::F32 : Dtype::F64;
   const TopKGateConfig& g = layer.gate().config();
   const ExpertConfig& x = layer.experts().config();
@@ -109,7 +111,7 @@ SafetensorsWriter layer_writer(const CheckpointLayer<S>& layer) {
   if (router.has_bias()) w.add("gate.bias", router.bias().transpose(), {g.num_experts}, dtype);
   if (g.noisy) w.add("gate.noise_weight", layer.gate().noise_weight(), dtype);
   if (g.selection_bias) w.add("gate.selection_bias", layer.gate().selection_bias().transpose(), {g.num_experts}, dtype);
-  auto add_bank = [&](const std::string& prefix, const SwiGluExpert<S>& bank) {
+  auto add_bank = [&](const std::string& prefix, const SwiGluExpert<S, F>& bank) {
     const Index E = bank.num_experts(), d = bank.d_model(), f = bank.d_ff();
     w.add(prefix + "w1", bank.w1().all(), {E, f, d}, dtype);
     w.add(prefix + "w2", bank.w2().all(), {E, d, f}, dtype);
@@ -127,16 +129,16 @@ SafetensorsWriter layer_writer(const CheckpointLayer<S>& layer) {
 }
 
 // Writes the layer (config and every tensor) to path; atomic (see SafetensorsWriter::write).
-template <class S>
-void save_layer(const CheckpointLayer<S>& layer, const std::filesystem::path& path) {
+template <class S, class F>
+void save_layer(const CheckpointLayer<S, F>& layer, const std::filesystem::path& path) {
   layer_writer(layer).write(path);
 }
 
 // The layer that save_layer wrote, bit for bit (in inference mode, noise restarted from its seed).
 //   throws: io_error naming the file and the metadata key or tensor that is missing or wrong;
 //           config_error if the saved configuration is invalid.
-template <class S>
-CheckpointLayer<S> load_layer(const SafetensorsFile& file) {
+template <class S, class F = kernels::NativeFormat<S>>
+CheckpointLayer<S, F> load_layer(const SafetensorsFile& file) {
   const moe::detail::MetadataReader meta(file);
   if (meta.text("moe.layer") != kLayerFileTag)
     meta.fail("moe.layer", "\"", meta.text("moe.layer"), "\" but expected \"", kLayerFileTag, "\"");
@@ -178,21 +180,21 @@ CheckpointLayer<S> load_layer(const SafetensorsFile& file) {
     moe::detail::read_exact<S>(file, "gate.selection_bias", {E},
                           Eigen::Map<RowMatrix<S>>(gate.selection_bias().data(), 1, E));
   auto read_bank = [&](const std::string& prefix, const ExpertConfig& c) {
-    SwiGluExpert<S> bank(c);
+    SwiGluExpert<S, F> bank(c);
     const Index n = c.num_experts, f = c.d_ff;
     moe::detail::read_exact<S>(file, prefix + "w1", {n, f, c.d_model}, bank.w1().all());
     moe::detail::read_exact<S>(file, prefix + "w2", {n, c.d_model, f}, bank.w2().all());
     moe::detail::read_exact<S>(file, prefix + "w3", {n, f, c.d_model}, bank.w3().all());
     return bank;
   };
-  SwiGluExpert<S> experts = read_bank("experts.", x);
-  if (!meta.flag("shared")) return CheckpointLayer<S>(std::move(gate), std::move(experts));
+  SwiGluExpert<S, F> experts = read_bank("experts.", x);
+  if (!meta.flag("shared")) return CheckpointLayer<S, F>(std::move(gate), std::move(experts));
   const bool gated = meta.flag("shared.gated");
   const ExpertConfig sx{.num_experts = meta.number<Index>("shared.num_experts"), .d_model = x.d_model,
                         .d_ff = meta.number<Index>("shared.d_ff"), .seed = meta.number<std::uint64_t>("shared.seed")};
-  SharedExperts<SwiGluExpert<S>> shared(read_bank("shared_experts.", sx), gated);
+  SharedExperts<SwiGluExpert<S, F>> shared(read_bank("shared_experts.", sx), gated);
   if (gated) moe::detail::read_exact<S>(file, "shared_experts.gate_weight", {1, x.d_model}, shared.gate_weight());
-  return CheckpointLayer<S>(std::move(gate), std::move(experts), std::move(shared));
+  return CheckpointLayer<S, F>(std::move(gate), std::move(experts), std::move(shared));
 }
 
 }  // namespace moe::io

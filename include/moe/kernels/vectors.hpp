@@ -111,7 +111,9 @@ struct Avx512Vec<float> {
   MOE_VEC_OP Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   MOE_VEC_OP void widen_bf16_pairs(const std::uint16_t* from, Reg& first, Reg& second) {
     const __m512i pairs = _mm512_loadu_si512(from);
-    first = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+    // (maskz with every lane kept is vpslld: the plain form makes GCC 12 warn about its own
+    // undefined pass-through register in every user build with -Wall)
+    first = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(static_cast<__mmask16>(0xFFFF), pairs, 16));
     second = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
   }
 };
