@@ -9,8 +9,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
+#include <type_traits>
 #include <vector>
 
 namespace MOE_TEST_FILE_ID {
@@ -96,6 +98,37 @@ TEST(Bf16Layer, TrainingStepIsThreadIndependent) {
     return bits;
   };
   EXPECT_EQ(step(1), step(2));
+}
+
+// Mixed precision against fp32: the same master weights, one training step each; y, d_x and every
+// gradient within bf16's rounding of the fp32 layer's (relative L2 per tensor).
+TEST(Bf16Layer, MixedPrecisionStepIsWithinBf16OfTheFp32Step) {
+  using Fp32 = moe::SparseMoE<moe::SwiGluExpert<float>, moe::TopKGate<float>>;
+  Fp32 fp32(moe::TopKGate<float>({.d_model = kD, .num_experts = kE, .top_k = 2, .seed = 70}),
+            moe::SwiGluExpert<float>({.num_experts = kE, .d_model = kD, .d_ff = kFf, .seed = 71}),
+            moe::SharedExperts<moe::SwiGluExpert<float>>(
+                moe::SwiGluExpert<float>({.num_experts = 1, .d_model = kD, .d_ff = kFf, .seed = 72})));
+  Layer bf16 = make_layer(1);
+  const RowMatrix<float> x = moe::test::random_matrix<float>(kT, kD, 76), d_y = moe::test::random_matrix<float>(kT, kD, 77);
+  const auto step = [&](auto& layer) {
+    typename std::remove_reference_t<decltype(layer)>::Cache cache;
+    RowMatrix<float> y(kT, kD), d_x(kT, kD);
+    layer.forward(x, y, cache);
+    auto grads = layer.make_gradients();
+    layer.backward(cache, d_y, d_x, grads);
+    std::vector<RowMatrix<float>> out{y, d_x};
+    for (const auto& g : grads.parameters()) out.emplace_back(g.matrix());
+    return out;
+  };
+  const auto ours = step(bf16), reference = step(fp32);
+  ASSERT_EQ(ours.size(), reference.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < ours.size(); ++i) {
+    const double error = (ours[i] - reference[i]).norm() / reference[i].norm();
+    EXPECT_LT(error, 1e-2) << "tensor " << i << " (0: y, 1: d_x, then the parameters in order)";
+    worst = std::max(worst, error);
+  }
+  std::printf("mixed precision vs fp32, one step: worst ‖ours − fp32‖/‖fp32‖ over y, d_x and the gradients = %.2e\n", worst);
 }
 
 }  // namespace MOE_TEST_FILE_ID
