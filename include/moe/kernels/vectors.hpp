@@ -1,11 +1,11 @@
 // One vector register of S per ISA, the vocabulary the micro-kernels (kernels/tile_kernels.inc)
-// are written in: Reg, kWidth (scalars per register), kRegisters (in the register file), and
-// zero / load / store / broadcast / fma (a·b + c, one rounding where the ISA has FMA), and for
-// float widen_bf16_pairs (kWidth pairs of bfloat16, [j][2], into the registers of their first and
-// second halves: what the bf16 kernels read a weight panel with). GenericVec
-// is Eigen's packet for whatever the compiler targets; the x86 ones are compiled for their ISA
-// whatever the build's flags (each region's `target`), and only called once moe::active_isa()
-// says the CPU has it.
+// are written in: Reg, kWidth (scalars per register), kRegisters (in the register file),
+// zero / load / store / broadcast / fma (a·b + c, one rounding where the ISA has FMA), and, for
+// float, widen_bf16_pairs (kWidth pairs of bfloat16, [j][2], into a register of their first
+// halves and one of their second: how the bf16 kernels read a weight panel). GenericVec is
+// Eigen's packet for whatever the compiler targets; the x86 ones are compiled for their ISA
+// whatever the build's flags (MOE_TARGET_BEGIN), and only called once moe::active_isa() says the
+// CPU has it.
 #pragma once
 
 #include "moe/detail/float16.hpp"
