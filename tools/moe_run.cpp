@@ -144,11 +144,9 @@ int run(const Arguments& args) {
   if (!format) throw UsageError{"--format: '" + *args.get("--format") + "' is not a known format"};
   const auto file = moe::io::SafetensorsFile::open(*args.get("--weights"));
   std::string dtype = args.get("--dtype") ? *args.get("--dtype") : "";
-  if (dtype.empty()) {  // the file's: the dtype of its first expert tensor under the prefix
+  if (dtype.empty()) {  // the file's
     const std::string prefix = args.get("--prefix") ? *args.get("--prefix") : "";
-    const std::string first = prefix + (*format == moe::io::CheckpointFormat::mixtral ? "experts.0.w1.weight"
-                                                                                     : "experts.0.gate_proj.weight");
-    dtype = file.contains(first) && file.info(first).dtype == moe::io::Dtype::BF16 ? "bf16" : "f32";
+    dtype = moe::io::expert_dtype(file, *format, prefix) == moe::io::Dtype::BF16 ? "bf16" : "f32";
   }
   if (dtype == "f32") return run_layer<moe::F32>(args, file, *format);
   if (dtype == "bf16") return run_layer<moe::Bf16>(args, file, *format);

@@ -60,6 +60,19 @@ TEST(Bf16Checkpoint, ABf16FileLoadsWithItsValuesAndAnF32FileIsRounded) {
   EXPECT_EQ(from_bf16.kernels().substr(0, 4), "bf16");
 }
 
+// expert_dtype reads the dtype of the layer's expert weights (what moe-run picks --dtype by), and
+// names a missing layer as load_checkpoint_layer does.
+TEST(Bf16Checkpoint, ExpertDtypeIsTheFilesDtypeForTheExperts) {
+  EXPECT_EQ(moe::io::expert_dtype(mixtral_file(Dtype::BF16), CheckpointFormat::mixtral, kPrefix), Dtype::BF16);
+  EXPECT_EQ(moe::io::expert_dtype(mixtral_file(Dtype::F32), CheckpointFormat::mixtral, kPrefix), Dtype::F32);
+  try {
+    moe::io::expert_dtype(mixtral_file(Dtype::BF16), CheckpointFormat::qwen2_moe, kPrefix);
+    FAIL() << "no io_error";
+  } catch (const moe::io_error& e) {
+    EXPECT_NE(std::string(e.what()).find("experts.0.gate_proj.weight"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Bf16Checkpoint, TheLayerFileSavesAndReloadsABf16LayerBitForBit) {
   auto layer = moe::io::load_checkpoint_layer<float, moe::Bf16>(mixtral_file(Dtype::F32), CheckpointFormat::mixtral,
                                                                kPrefix);

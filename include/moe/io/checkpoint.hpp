@@ -189,6 +189,11 @@ class LayerTensors {
   std::set<std::string> used_;
 };
 
+// The first expert's first projection under a layer's prefix: the tensor that names the format.
+inline std::string first_expert_tensor(io::CheckpointFormat format) {
+  return format == io::CheckpointFormat::mixtral ? "experts.0.w1.weight" : "experts.0.gate_proj.weight";
+}
+
 // A bank of SwiGLU experts from the tensors "<head><i>.<w1|w3|w2>.weight" (HF names: gate_proj,
 // up_proj, down_proj), or with `single` one expert from "<head><w1|w3|w2>.weight".
 template <class S, class F>
@@ -225,7 +230,7 @@ CheckpointLayer<S, F> load_checkpoint_layer(const SafetensorsFile& file, Checkpo
   const bool hf_names = format != CheckpointFormat::mixtral;
   const Index E = in.count_experts();
   // Fail on the format's first expert tensor before anything else: that names a wrong format.
-  in.shape(hf_names ? "experts.0.gate_proj.weight" : "experts.0.w1.weight", 2);
+  in.shape(moe::detail::first_expert_tensor(format), 2);
   const Index d = in.shape("gate.weight", 2)[1];
   RowMatrix<S> gate_weight(E, d);
   in.read("gate.weight", {E, d}, gate_weight,
@@ -251,6 +256,16 @@ CheckpointLayer<S, F> load_checkpoint_layer(const SafetensorsFile& file, Checkpo
   if (selection_bias.size() > 0) gate.selection_bias() = std::move(selection_bias);
   if (shared) return CheckpointLayer<S, F>(std::move(gate), std::move(experts), std::move(*shared));
   return CheckpointLayer<S, F>(std::move(gate), std::move(experts));
+}
+
+// The dtype in which the file stores the layer's expert weights (its first expert's first
+// projection): what to choose the experts' format by, e.g. Bf16 for a BF16 file.
+//   throws: io_error, as load_checkpoint_layer, when the layer has no such tensor.
+inline Dtype expert_dtype(const SafetensorsFile& file, CheckpointFormat format, const std::string& prefix = "") {
+  const moe::detail::LayerTensors in(file, prefix, format);
+  const std::string first = moe::detail::first_expert_tensor(format);
+  in.shape(first, 2);
+  return file.info(prefix + first).dtype;
 }
 
 }  // namespace moe::io
