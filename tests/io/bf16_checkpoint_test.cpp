@@ -1,11 +1,11 @@
 // Checkpoints and bf16 expert weights: a BF16 file loads into a bf16 layer with exactly the file's
 // values (bf16 → fp32 → bf16 is exact), an F32 file is rounded to nearest even, and moe's own layer
 // file saves and reloads a bf16 layer with the same output bits.
-#include <moe/detail/float16.hpp>
 #include <moe/io/checkpoint.hpp>
 #include <moe/io/layer_file.hpp>
 #include <moe/io/safetensors_writer.hpp>
 
+#include "support/bf16.hpp"
 #include "support/compare.hpp"
 
 #include <gtest/gtest.h>
@@ -22,10 +22,6 @@ using moe::io::SafetensorsFile;
 
 constexpr Index kE = 4, kD = 8, kF = 6;
 const std::string kPrefix = "model.layers.0.block_sparse_moe.";
-
-RowMatrix<float> bf16_values(const RowMatrix<float>& m) {
-  return m.unaryExpr([](float v) { return moe::detail::bf16_to_float(moe::detail::float_to_bf16(v)); });
-}
 
 // A Mixtral layer whose expert tensors are stored as `dtype` (the router as F32).
 SafetensorsFile mixtral_file(Dtype dtype) {
@@ -48,7 +44,7 @@ TEST(Bf16Checkpoint, ABf16FileLoadsWithItsValuesAndAnF32FileIsRounded) {
   for (Index e = 0; e < kE; ++e) {
     const std::string w1 = kPrefix + "experts." + std::to_string(e) + ".w1.weight";
     EXPECT_EQ(RowMatrix<float>(from_bf16.experts().w1()[e]), file_values(bf16_file, w1)) << "exactly the file's";
-    EXPECT_EQ(file_values(bf16_file, w1), bf16_values(file_values(f32_file, w1))) << "the writer rounds to even";
+    EXPECT_EQ(file_values(bf16_file, w1), moe::test::bf16_rounded(file_values(f32_file, w1))) << "the writer rounds to even";
   }
   // The F32 file's layer keeps fp32 master weights; its kernels multiply them rounded to bf16, as
   // the BF16 file's layer multiplies its own values: the same outputs.

@@ -5,6 +5,7 @@
 #include <moe/kernels/bf16_format.hpp>
 #include <moe/kernels/packed_product.hpp>
 
+#include "support/bf16.hpp"
 #include "support/compare.hpp"
 #include "support/reference_products.hpp"
 
@@ -23,9 +24,7 @@ using moe::test::reference::product;
 using F = moe::kernels::Bf16Format;
 constexpr Index NR = F::kNR;
 
-float to_bf16(float v) { return moe::detail::bf16_to_float(moe::detail::float_to_bf16(v)); }
-
-RowMatrix<float> rounded(const RowMatrix<float>& m) { return m.unaryExpr([](float v) { return to_bf16(v); }); }
+using moe::test::to_bf16;
 
 // B(k, c) of a packed panel: pair k/2, column c, lane k mod 2.
 RowMatrix<float> unpacked_panel(const std::vector<F::Weight>& panel, Index depth) {
@@ -94,7 +93,7 @@ TEST(Bf16Format, KernelsMatchAPlainLoopOnEveryIsa) {
     RowMatrix<float> all(F::kMR * F::kMR, NR);
     for (Index mr = 1; mr <= F::kMR; ++mr) {
       SCOPED_TRACE(testing::Message() << moe::isa_name(isa) << ", mr " << mr);
-      const RowMatrix<float> x = rounded(random_matrix<float>(mr, depth, 4 + std::uint64_t(mr)));
+      const RowMatrix<float> x = moe::test::bf16_rounded(random_matrix<float>(mr, depth, 4 + std::uint64_t(mr)));
       std::vector<float> a(static_cast<std::size_t>(mr * depth));
       F::pack_input(moe::kernels::strided<float>(x), mr, depth, a.data());
       const RowMatrix<float> before = random_matrix<float>(mr, NR, 5);
@@ -138,7 +137,7 @@ TEST(Bf16Format, PackedProductsOfOddDepthMatchTheRoundedProduct) {
                                                [&](Index i0, Index mr, Index p, const float* tile) {
         moe::kernels::store_output_tile<F>(y, i0, mr, p, tile, nullptr, nullptr);
       });
-      MOE_EXPECT_CLOSE(float, y, product(rounded(x), RowMatrix<float>(rounded(w).transpose())));
+      MOE_EXPECT_CLOSE(float, y, product(moe::test::bf16_rounded(x), RowMatrix<float>(moe::test::bf16_rounded(w).transpose())));
     }
 }
 

@@ -1,9 +1,9 @@
 // A layer with bf16 expert weights on every ISA path: its error against a double-precision
 // reference on the same bf16-rounded weights (the figures of the README's accuracy table), the
 // same bits on 1 and 2 threads and on avx2 and avx512, and a training step.
-#include <moe/detail/float16.hpp>
 #include <moe/moe.hpp>
 
+#include "support/bf16.hpp"
 #include "support/compare.hpp"
 #include "support/reference_layer.hpp"
 
@@ -33,16 +33,12 @@ Layer make_layer(int threads) {
   return layer;
 }
 
-double to_bf16(double v) {
-  return moe::detail::bf16_to_float(moe::detail::float_to_bf16(static_cast<float>(v)));
-}
-
 // The experts in double with the weights rounded to bf16.
 moe::SwiGluExpert<double> rounded(const moe::SwiGluExpert<float, moe::Bf16>& from) {
   moe::SwiGluExpert<double> to({.num_experts = from.num_experts(), .d_model = kD, .d_ff = kFf});
-  to.w1().all() = from.w1().all().cast<double>().unaryExpr([](double v) { return to_bf16(v); });
-  to.w2().all() = from.w2().all().cast<double>().unaryExpr([](double v) { return to_bf16(v); });
-  to.w3().all() = from.w3().all().cast<double>().unaryExpr([](double v) { return to_bf16(v); });
+  to.w1().all() = moe::test::bf16_rounded(from.w1().all()).cast<double>();
+  to.w2().all() = moe::test::bf16_rounded(from.w2().all()).cast<double>();
+  to.w3().all() = moe::test::bf16_rounded(from.w3().all()).cast<double>();
   return to;
 }
 
