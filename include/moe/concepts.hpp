@@ -91,6 +91,13 @@ concept Gate = requires(G& gate, const G& const_gate, ConstMatrixRef<typename G:
   gate.route(x, plan, mode);
 };
 
+// A Gate whose inference routing may run on several threads at once: route(x, plan) on a const
+// gate gives what route(x, plan, Mode::inference) gives (each thread with a plan of its own).
+// The layer's const forward needs it (concurrent inference on one layer).
+template <class G>
+concept ConcurrentGate = Gate<G> && requires(const G& gate, ConstMatrixRef<typename G::Scalar> x,
+                                             RoutingPlan<typename G::Scalar>& plan) { gate.route(x, plan); };
+
 // A Gate that can be trained.
 //
 // backward(x, plan, grads, d_x, param_grads)

@@ -32,6 +32,13 @@ struct RoutingPlan {
   RowMatrix<S> noise;      // [T, E]        standard-normal draws       (valid when noisy)
   RowMatrix<S> noise_std;  // [T, E]        softplus(x·W_noiseᵀ)        (valid when noisy)
   RowMatrix<S> jitter;     // [T, d_model]  multipliers U(1−ε, 1+ε)     (valid when jittered)
+  // The gate's working memory (meaningless outside route()): with the plan, not the gate, so that
+  // threads routing into plans of their own can share one gate; kept to avoid allocation.
+  struct Work {
+    Vector<S> values, group_values;
+    std::vector<std::int32_t> ids;
+    std::vector<Index> order, load;
+  } work;
 
   Index num_tokens() const { return expert.rows(); }
   Index slots_per_token() const { return expert.cols(); }

@@ -24,6 +24,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace moe {
@@ -72,13 +73,26 @@ class ExpertRunner {
   }
 
   // Inference: the output rows of batch.out = expert(input rows) for every expert of the batch,
-  // times batch.scale where the expert applies it as it stores (then batch.scaled is set).
-  void forward(X& experts, ExpertBatch<S>& batch, int threads) { run(experts, batch, own_, false, threads); }
+  // times batch.scale where the expert applies it as it stores (then batch.scaled is set). On the
+  // fast path an expert without packed weights packs each weight panel as it uses it (the same
+  // bits, slower). The experts are only read: runners of their own may share them across threads.
+  void forward(const X& experts, ExpertBatch<S>& batch, int threads) { run(experts, batch, own_, false, threads); }
+  // The same, after packing the weights of every expert with rows that has none packed yet.
+  void forward(X& experts, ExpertBatch<S>& batch, int threads) {
+    prepack_rows(experts, batch, threads);
+    forward(std::as_const(experts), batch, threads);
+  }
 
   // Training: the same, unscaled, and saved keeps each block's working memory for backward. The
   // inference's packed copies are dropped: the caller may have stepped the weights through views.
+  // Each weight panel is packed as it is used (a packed copy would be written to memory to be read
+  // once), unless an expert has several blocks to reuse it for: then for this call only.
   void forward(X& experts, ExpertBatch<S>& batch, SavedBlocks<S>& saved, int threads) {
+    weights_changed(experts);
+    const bool reuse = tile_rows_ > 0 && batch.num_rows() > 0 && max_rows(batch) > tile_rows_;
+    if (reuse) prepack_rows(experts, batch, threads);
     run(experts, batch, saved, true, threads);
+    if (reuse) weights_changed(experts);
   }
 
   // d_in = ∂⟨out, d_out⟩/∂in (batch order, overwritten); grads += ∂⟨out, d_out⟩/∂θ (accumulated).
@@ -122,7 +136,20 @@ class ExpertRunner {
     Index expert, begin, rows;  // bank index; rows [begin, begin + rows) of the batch
   };
 
-  void run(X& experts, ExpertBatch<S>& batch, SavedBlocks<S>& saved, bool training, int threads) {
+  static void prepack_rows(X& experts, const ExpertBatch<S>& batch, int threads) {
+    if constexpr (PackedExpert<X>)
+      detail::parallel_for(batch.num_experts(), expert_threads(experts, batch, threads), [&](Index i, int) {
+        if (batch.rows_of(i) > 0) experts.prepack(i);
+      });
+  }
+
+  static Index max_rows(const ExpertBatch<S>& batch) {
+    Index most = 0;
+    for (Index i = 0; i < batch.num_experts(); ++i) most = std::max(most, batch.rows_of(i));
+    return most;
+  }
+
+  void run(const X& experts, ExpertBatch<S>& batch, SavedBlocks<S>& saved, bool training, int threads) {
     batch.scaled = false;
     make_blocks(batch);
     saved.offset.assign(1, 0);
@@ -142,12 +169,9 @@ class ExpertRunner {
   }
 
   // The fast path: inputs packed per block; then two phases of (block × panel range) work items.
-  void run_packed(X& experts, ExpertBatch<S>& batch, SavedBlocks<S>& saved, bool training, int n_threads)
+  void run_packed(const X& experts, ExpertBatch<S>& batch, SavedBlocks<S>& saved, bool training, int n_threads)
     requires PackedExpert<X>
   {
-    // Training packs each weight panel as it uses it (a packed copy would be written to memory to be
-    // read once), unless an expert has several blocks to reuse it for: then for this call only.
-    if (training) experts.weights_changed();
     if (blocks_.empty()) return;
     const bool scaled = !training && !batch.scale.empty();
     const auto packed_size = [&](Index rows) {
@@ -161,8 +185,6 @@ class ExpertRunner {
     grow(packed_, aligned(packed_size(rows)) + aligned(1) * rows);
     const Index per_thread = aligned(experts.work_size(tile_rows_ > 0 ? std::min(tile_rows_, rows) : rows));
     grow(scratch_, per_thread * n_threads);
-    bool reuse = false;
-    for (std::size_t b = 1; b < blocks_.size(); ++b) reuse |= blocks_[b].expert == blocks_[b - 1].expert;
     const auto packed = [&](Index b) { return packed_.data() + packed_offset_[static_cast<std::size_t>(b)]; };
 
     const auto per_block = [&](auto&& body) {
@@ -179,11 +201,7 @@ class ExpertRunner {
       });
     };
 
-    per_block([&](Index b, const Block& block) {
-      const bool first_of_expert = b == 0 || blocks_[b - 1].expert != block.expert;
-      if (first_of_expert && (!training || reuse)) experts.prepack(block.expert);
-      experts.pack_input(input(batch, block), packed(b));
-    });
+    per_block([&](Index b, const Block& block) { experts.pack_input(input(batch, block), packed(b)); });
     per_panel_range(experts.up_panels(), [&](Index b, const Block& block, Index p0, Index p1, S* work) {
       experts.forward_up(block.expert, block.rows, packed(b), p0, p1, work, memory(saved, b), training);
     });
@@ -193,7 +211,6 @@ class ExpertRunner {
                            scaled ? batch.scales(block.begin) : nullptr, batch.out.middleRows(block.begin, block.rows));
     });
     batch.scaled = scaled;
-    if (training && reuse) experts.weights_changed();
   }
 
   // blocks_: every expert's rows, in tiles of at most tile_rows_ when set; experts without rows

@@ -36,8 +36,9 @@ class DenseGate {
   Index slots_per_token() const { return config_.num_experts; }
   const DenseGateConfig& config() const { return config_; }
 
-  // See the Gate concept. Deterministic in both modes.
-  void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan, Mode) {
+  // See the Gate and ConcurrentGate concepts. Deterministic in both modes.
+  void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan, Mode) const { route(x, plan); }
+  void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan) const {
     detail::check_dim("DenseGate::route", "x.cols()", x.cols(), "d_model", d_model());
     const Index T = x.rows(), E = num_experts();
     plan.reset(T, E, E);

@@ -52,20 +52,22 @@ class ExpertChoiceGate {
     return std::min(num_tokens, detail::ceil_exact(ideal));
   }
 
-  // See the Gate concept. Deterministic in both modes.
-  void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan, Mode) {
+  // See the Gate and ConcurrentGate concepts. Deterministic in both modes.
+  void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan, Mode) const { route(x, plan); }
+  void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan) const {
     detail::check_dim("ExpertChoiceGate::route", "x.cols()", x.cols(), "d_model", d_model());
     const Index T = x.rows(), E = num_experts(), C = capacity(T);
     plan.reset(T, E, E);
     router_.project(x, plan.logits, "ExpertChoiceGate::route");
     scoring::softmax_rows<S>(plan.logits, plan.scores);
     if (C == 0) return;
-    column_.resize(T);
-    chosen_.resize(static_cast<std::size_t>(C));
+    Vector<S>& column = plan.work.values;
+    std::vector<std::int32_t>& chosen = plan.work.ids;
+    chosen.resize(static_cast<std::size_t>(C));
     for (Index e = 0; e < E; ++e) {
-      column_ = plan.scores.col(e);
-      kernels::top_k(column_.data(), T, C, chosen_.data());
-      for (const std::int32_t t : chosen_) {
+      column = plan.scores.col(e);
+      kernels::top_k(column.data(), T, C, chosen.data());
+      for (const std::int32_t t : chosen) {
         plan.expert(t, e) = static_cast<std::int32_t>(e);
         plan.weight(t, e) = plan.scores(t, e);
       }
@@ -105,9 +107,8 @@ class ExpertChoiceGate {
  private:
   ExpertChoiceGateConfig config_;
   Router<S> router_;
-  Vector<S> column_, d_scores_;
+  Vector<S> d_scores_;
   RowMatrix<S> d_logits_;
-  std::vector<std::int32_t> chosen_;
 };
 
 }  // namespace moe

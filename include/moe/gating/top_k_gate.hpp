@@ -63,15 +63,15 @@ class TopKGate {
   Index slots_per_token() const { return config_.top_k; }
   const TopKGateConfig& config() const { return config_; }
 
-  // See the Gate concept.
+  // See the Gate concept. Noise and jitter are drawn only in Mode::training.
   void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan, Mode mode) {
+    const bool jitter = mode == Mode::training && config_.jitter > 0, noisy = mode == Mode::training && config_.noisy;
+    if (!jitter && !noisy) return route(x, plan);
     detail::check_dim("TopKGate::route", "x.cols()", x.cols(), "d_model", d_model());
-    const Index T = x.rows(), E = num_experts(), k = config_.top_k;
-    plan.reset(T, k, E);
-    const bool training = mode == Mode::training;
-    if (training && config_.jitter > 0) {
+    plan.reset(x.rows(), config_.top_k, num_experts());
+    if (jitter) {
       plan.jittered = true;
-      plan.jitter.resize(T, d_model());
+      plan.jitter.resize(x.rows(), d_model());
       for (Index i = 0; i < plan.jitter.size(); ++i)
         plan.jitter.data()[i] = S(uniform(noise_rng_, 1.0 - config_.jitter, 1.0 + config_.jitter));
       jittered_ = x.cwiseProduct(plan.jitter);
@@ -79,17 +79,15 @@ class TopKGate {
     } else {
       router_.project(x, plan.logits, "TopKGate::route");
     }
-    if (training && config_.noisy) add_noise(x, plan);
-
-    scoring::score_rows<S>(config_.scoring, plan.logits, plan.scores);
-
-    choice_.resize(E);
-    for (Index t = 0; t < T; ++t) select(plan, t);
-
-    if (config_.capacity.factor) {
-      const Index capacity = expert_capacity(config_.capacity, T, k, E);
-      apply_capacity(plan, capacity, config_.capacity.policy, order_, load_);
-    }
+    if (noisy) add_noise(x, plan);
+    select_all(plan);
+  }
+  // Inference routing (the ConcurrentGate concept): route(x, plan, Mode::inference), const.
+  void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan) const {
+    detail::check_dim("TopKGate::route", "x.cols()", x.cols(), "d_model", d_model());
+    plan.reset(x.rows(), config_.top_k, num_experts());
+    router_.project(x, plan.logits, "TopKGate::route");
+    select_all(plan);
   }
 
   using Gradients = TopKGate;  // gradients have the parameters' names and shapes
@@ -214,17 +212,29 @@ class TopKGate {
                                           num_experts(), d_z);
   }
 
+  // From plan.logits: the scores, every token's slots, then the capacity's drops.
+  void select_all(RoutingPlan<S>& plan) const {
+    scoring::score_rows<S>(config_.scoring, plan.logits, plan.scores);
+    plan.work.values.resize(num_experts());
+    for (Index t = 0; t < plan.num_tokens(); ++t) select(plan, t);
+    if (config_.capacity.factor) {
+      const Index capacity = expert_capacity(config_.capacity, plan.num_tokens(), config_.top_k, num_experts());
+      apply_capacity(plan, capacity, config_.capacity.policy, plan.work.order, plan.work.load);
+    }
+  }
+
   // Fills the k slots of token t from plan.logits/plan.scores.
-  void select(RoutingPlan<S>& plan, Index t) {
+  void select(RoutingPlan<S>& plan, Index t) const {
     const Index E = num_experts(), k = config_.top_k;
     const bool by_logits = config_.scoring == Scoring::softmax_selected;
+    Vector<S>& choice = plan.work.values;
     for (Index e = 0; e < E; ++e)
-      choice_[e] = (by_logits ? plan.logits(t, e) : plan.scores(t, e)) +
+      choice[e] = (by_logits ? plan.logits(t, e) : plan.scores(t, e)) +
                    (config_.selection_bias ? selection_bias_[e] : S(0));
-    if (config_.n_group > 1) mask_groups();
+    if (config_.n_group > 1) mask_groups(plan.work);
 
     std::int32_t* ids = plan.expert.row(t).data();
-    kernels::top_k(choice_.data(), E, k, ids);
+    kernels::top_k(choice.data(), E, k, ids);
     S* w = plan.weight.row(t).data();
     if (by_logits) {
       for (Index j = 0; j < k; ++j) w[j] = plan.logits(t, ids[j]);
@@ -239,25 +249,25 @@ class TopKGate {
     for (Index j = 0; j < k; ++j) w[j] *= S(config_.scale);
   }
 
-  // Keeps the experts of the topk_group best groups in choice_ and sets the others to −inf.
-  void mask_groups() {
+  // Keeps the experts of the topk_group best groups in work.values and sets the others to −inf.
+  void mask_groups(typename RoutingPlan<S>::Work& work) const {
     const Index G = config_.n_group, size = num_experts() / G;
-    group_value_.resize(G);
+    work.group_values.resize(G);
     for (Index g = 0; g < G; ++g) {
-      const auto group = choice_.segment(g * size, size);
+      const auto group = work.values.segment(g * size, size);
       if (config_.group_score == GroupScore::max || size == 1) {
-        group_value_[g] = group.maxCoeff();
+        work.group_values[g] = group.maxCoeff();
       } else {
         std::int32_t best[2];
         kernels::top_k(group.data(), size, 2, best);
-        group_value_[g] = group[best[0]] + group[best[1]];
+        work.group_values[g] = group[best[0]] + group[best[1]];
       }
     }
-    group_ids_.resize(config_.topk_group);
-    kernels::top_k(group_value_.data(), G, config_.topk_group, group_ids_.data());
+    work.ids.resize(static_cast<std::size_t>(config_.topk_group));
+    kernels::top_k(work.group_values.data(), G, config_.topk_group, work.ids.data());
     for (Index g = 0; g < G; ++g)
-      if (std::find(group_ids_.begin(), group_ids_.end(), g) == group_ids_.end())
-        choice_.segment(g * size, size).setConstant(-std::numeric_limits<S>::infinity());
+      if (std::find(work.ids.begin(), work.ids.end(), g) == work.ids.end())
+        work.values.segment(g * size, size).setConstant(-std::numeric_limits<S>::infinity());
   }
 
   TopKGateConfig config_;
@@ -268,9 +278,6 @@ class TopKGate {
   // Scratch reused across calls so that the steady state does not allocate.
   RowMatrix<S> jittered_, d_logits_, d_noise_, d_x_;
   Vector<S> d_selected_;
-  Vector<S> choice_, group_value_;
-  std::vector<std::int32_t> group_ids_;
-  std::vector<Index> order_, load_;
 };
 
 // Switch Transformer routing (Fedus et al. 2021): top-1, the chosen expert's softmax probability as

@@ -57,34 +57,42 @@ class SharedExperts {
   Index num_experts() const { return experts_.num_experts(); }
   bool gated() const { return gated_; }
 
+  // The memory of one inference call: one per thread when threads share the experts.
+  struct Workspace {
+    ExpertBatch<S> batch;  // the experts' outputs [E·T, d_model] (x is read in place during the call)
+    ExpertRunner<X> runner{kTileRows};
+    Vector<S> gate;
+
+    Workspace() = default;
+    Workspace(const Workspace&) : Workspace() {}  // memory, not state: a copy starts empty
+    Workspace& operator=(const Workspace&) { return *this; }
+    Workspace(Workspace&&) noexcept = default;
+    Workspace& operator=(Workspace&&) noexcept = default;
+    ~Workspace() = default;
+  };
+
   // y[t] += g_t · Σ_s expert_s(x[t])   (s ascending), g_t = σ(⟨x[t], w_gate⟩) or 1.
-  //   x: [T, d_model];  y: [T, d_model] (accumulated);  cache: nullptr, or filled for backward.
-  // The bits do not depend on the thread count.
-  void forward_add(ConstMatrixRef<S> x, MatrixRef<S> y, int threads, Cache* cache = nullptr) {
-    const Index T = x.rows(), d = d_model();
-    ExpertBatch<S>& batch = cache ? cache->batch : batch_;
-    batch.broadcast(x, num_experts());
-    batch.reserve(d);
-    if (cache)
-      runner_.forward(experts_, batch, cache->saved, threads);
-    else
-      runner_.forward(experts_, batch, threads);
-    Vector<S>& gate = cache ? cache->gate : gate_;
-    gate.resize(gated_ ? T : 0);
-    if (cache) cache->sum.resize(T, d);
-    for (Index begin = 0; begin < T; begin += kTileRows) {
-      const Index n = std::min(kTileRows, T - begin);
-      auto sum = batch.out.middleRows(begin, n);  // expert 0's rows, the others added in order in place
-      for (Index s = 1; s < num_experts(); ++s) sum += batch.out.middleRows(s * T + begin, n);
-      if (cache) cache->sum.middleRows(begin, n) = sum;
-      if (gated_) {
-        auto g = gate.segment(begin, n);  // starts on a packet: Eigen's σ takes its vector path
-        g.noalias() = x.middleRows(begin, n) * gate_weight_.row(0).transpose();
-        g = (S(1) + (-g.array()).exp()).inverse().matrix();
-        sum.array().colwise() *= g.array();
-      }
-      y.middleRows(begin, n) += sum;
-    }
+  //   x: [T, d_model];  y: [T, d_model] (accumulated).
+  // The const form only reads the experts (threads with workspaces of their own may share them;
+  // unpacked weights are packed panel by panel as used: prepack() first); the plain form packs
+  // first and uses the object's own workspace; the training form fills cache for backward.
+  // The bits do not depend on the thread count, nor on the form.
+  void forward_add(ConstMatrixRef<S> x, MatrixRef<S> y, int threads, Workspace& work) const {
+    work.batch.broadcast(x, num_experts());
+    work.batch.reserve(d_model());
+    work.runner.forward(experts_, work.batch, threads);
+    add_sum(x, work.batch, work.gate, nullptr, y);
+  }
+  void forward_add(ConstMatrixRef<S> x, MatrixRef<S> y, int threads) {
+    prepack();
+    forward_add(x, y, threads, own_);
+  }
+  void forward_add(ConstMatrixRef<S> x, MatrixRef<S> y, int threads, Cache& cache) {
+    cache.batch.broadcast(x, num_experts());
+    cache.batch.reserve(d_model());
+    runner_.forward(experts_, cache.batch, cache.saved, threads);
+    cache.sum.resize(x.rows(), d_model());
+    add_sum(x, cache.batch, cache.gate, &cache.sum, y);
   }
 
   // The fast path's copies of the weights (see SparseMoE::prepack): made now, or dropped.
@@ -92,7 +100,7 @@ class SharedExperts {
   void weights_changed() { ExpertRunner<X>::weights_changed(experts_); }
 
   // d_x += ∂⟨y, d_y⟩/∂x through the shared experts; grads += ∂⟨y, d_y⟩/∂θ.
-  //   requires: cache filled by forward_add(x, ·, ·, &cache) on this x; d_y, d_x: [T, d_model].
+  //   requires: cache filled by forward_add(x, ·, ·, cache) on this x; d_y, d_x: [T, d_model].
   // The experts' d_x add up in expert order.
   void backward(ConstMatrixRef<S> x, const Cache& cache, ConstMatrixRef<S> d_y, MatrixRef<S> d_x, Gradients& grads,
                 int threads) {
@@ -134,13 +142,32 @@ class SharedExperts {
   // Rows per block: a tile's packed input stays in cache while every weight panel passes by.
   static constexpr Index kTileRows = 128;
 
+  // y += gate ⊙ Σ_s out_s, tile by tile; sum (training) keeps the sum before the gate.
+  void add_sum(ConstMatrixRef<S> x, ExpertBatch<S>& batch, Vector<S>& gate, RowMatrix<S>* sum_out,
+               MatrixRef<S> y) const {
+    const Index T = x.rows();
+    gate.resize(gated_ ? T : 0);
+    for (Index begin = 0; begin < T; begin += kTileRows) {
+      const Index n = std::min(kTileRows, T - begin);
+      auto sum = batch.out.middleRows(begin, n);  // expert 0's rows, the others added in order in place
+      for (Index s = 1; s < num_experts(); ++s) sum += batch.out.middleRows(s * T + begin, n);
+      if (sum_out) sum_out->middleRows(begin, n) = sum;
+      if (gated_) {
+        auto g = gate.segment(begin, n);  // starts on a packet: Eigen's σ takes its vector path
+        g.noalias() = x.middleRows(begin, n) * gate_weight_.row(0).transpose();
+        g = (S(1) + (-g.array()).exp()).inverse().matrix();
+        sum.array().colwise() *= g.array();
+      }
+      y.middleRows(begin, n) += sum;
+    }
+  }
+
   X experts_;
   bool gated_ = false;
   RowMatrix<S> gate_weight_;
-  ExpertRunner<X> runner_{kTileRows};
-  ExpertBatch<S> batch_;   // inference's
-  ExpertBatch<S> inputs_;  // backward's view of x
-  Vector<S> gate_;
+  ExpertRunner<X> runner_{kTileRows};  // training's
+  Workspace own_;                       // the plain forward_add's
+  ExpertBatch<S> inputs_;               // backward's view of x
   RowMatrix<S> d_out_, d_in_;
 };
 

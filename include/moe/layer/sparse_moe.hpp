@@ -9,6 +9,9 @@
 // within this process), the runner runs the experts (dispatch/runner.hpp), each expert packs its
 // own operands. Backward runs the same way in reverse (docs/architecture.md). The same inputs give
 // the same bits for any thread count. Buffers grow to the largest batch seen and are reused.
+//
+// Threads: the const forward(x, y, workspace) may run on many threads at once, each with a
+// Workspace of its own (layer/inference.hpp); non-const calls need the layer to themselves.
 #pragma once
 
 #include "moe/concepts.hpp"
@@ -16,7 +19,9 @@
 #include "moe/dispatch/local_exchange.hpp"
 #include "moe/dispatch/runner.hpp"
 #include "moe/errors.hpp"
+#include "moe/layer/inference.hpp"
 #include "moe/layer/layer_cache.hpp"
+#include "moe/layer/layer_gradients.hpp"
 #include "moe/layer/routing_stats.hpp"
 #include "moe/layer/shared_experts.hpp"
 
@@ -37,21 +42,10 @@ class BasicSparseMoE {
   using Scalar = typename X::Scalar;
   using S = Scalar;
   using Cache = LayerCache<S, typename Exchange::Record, typename SharedExperts<X>::Cache>;
+  using Workspace = LayerWorkspace<S, typename Exchange::Record, X>;
 
   // Gradients of every parameter, with the names and shapes of parameters().
-  struct Gradients {
-    typename G::Gradients gate;
-    typename X::Gradients experts;
-    std::optional<typename SharedExperts<X>::Gradients> shared;
-
-    ParameterList<S> parameters() {
-      ParameterList<S> out;
-      gate.collect_parameters("gate.", out);
-      experts.collect_parameters("experts.", out);
-      if (shared) shared->collect_parameters("shared_experts.", out);
-      return out;
-    }
-  };
+  using Gradients = LayerGradients<S, G, X>;
 
   // The auxiliary losses, if any, follow the parts in the order of the template arguments. An
   // exchange that needs settings (a communicator) comes first; otherwise it is default-made.
@@ -74,14 +68,37 @@ class BasicSparseMoE {
   //   requires: x: [T, d_model] row-major (T may be 0; a row block or Map binds without a copy;
   //             a column-major x does not compile — convert it explicitly); y: [T, d_model]
   //             (y may be x itself: the layer reads x only before it writes y).
-  //   ensures:  y overwritten; last_plan() and last_stats() describe this batch.
+  //   ensures:  y overwritten; last_plan() and last_stats() describe this batch. Experts with a
+  //             fast path pack their weights on first use (see prepack()).
   //   throws:   shape_error on a wrong shape, std::domain_error if a router logit is not finite;
   //             on a throw, y, last_plan() and last_stats() are unchanged.
   template <class Derived>
     requires RowMajorTokens<Derived> && std::same_as<typename Derived::Scalar, S>
   void forward(const Eigen::MatrixBase<Derived>& x, MatrixRef<S> y) {
-    forward_rows(ConstMatrixRef<S>(x.derived()), y, state_, /*training=*/false);
+    const ConstMatrixRef<S> rows(x.derived());
+    check_io(rows, y);
+    detail::infer<S>(exchange_, experts_, shared_, num_experts(), threads(), rows, y, own_,
+                     [&](RoutingPlan<S>& plan) { gate_.route(rows, plan, mode_); });
+    last_plan_ = own_.plan;
+    stats_ = own_.stats;
   }
+
+  // Concurrent inference: the same y as forward(x, y) in Mode::inference, but const, with the
+  // call's memory in `work` (work.plan and work.stats describe the call): threads with workspaces
+  // of their own may run it at once on one layer, without locks. It only reads the weights: call
+  // prepack() before sharing the layer (an expert without packed weights packs each panel as it
+  // uses it: the same bits, slower).
+  template <class Derived>
+    requires RowMajorTokens<Derived> && std::same_as<typename Derived::Scalar, S> && ConcurrentGate<G>
+  void forward(const Eigen::MatrixBase<Derived>& x, MatrixRef<S> y, Workspace& work) const {
+    const ConstMatrixRef<S> rows(x.derived());
+    check_io(rows, y);
+    detail::infer<S>(exchange_, experts_, shared_, num_experts(), threads(), rows, y, work,
+                     [&](RoutingPlan<S>& plan) { gate_.route(rows, plan); });
+  }
+
+  // Frees the inference forward's buffers (they grow back on the next call).
+  void release_workspace() { own_.release(); }
 
   // Training forward: as above, and fills cache for backward(). mask: empty, or [T] with 0 for
   // padding tokens (the auxiliary losses skip them). Returns Σ of the auxiliary losses (each
@@ -93,7 +110,7 @@ class BasicSparseMoE {
                  std::span<const std::uint8_t> mask = {}) {
     const ConstMatrixRef<S> rows(x.derived());
     if (!mask.empty()) detail::check_dim("SparseMoE::forward", "mask.size()", Index(mask.size()), "x.rows()", rows.rows());
-    forward_rows(rows, y, cache, /*training=*/true);
+    forward_training(rows, y, cache);
     auto& tokens = cache.tokens;
     tokens.mask.assign(mask.begin(), mask.end());
     tokens.aux_grads.reset(tokens.plan);
@@ -169,19 +186,14 @@ class BasicSparseMoE {
   ParameterList<S> parameters()
     requires TrainableExpert<X> && TrainableGate<G>
   {
-    ParameterList<S> out;
-    gate_.collect_parameters("gate.", out);
-    experts_.collect_parameters("experts.", out);
-    if (shared_) shared_->collect_parameters("shared_experts.", out);
-    return out;
+    return layer_parameters<S>(gate_, experts_, shared_);
   }
 
-  // Experts with a fast path (GatedExpert and FfnExpert; routed and shared experts) pack their
-  // weights for its kernels on an expert's first inference use. prepack() packs them all now
-  // (after loading, say), so that no forward pays for it. The packed copies are dropped whenever
-  // the weights may change: mutable access to the weights (w1() of a non-const GatedExpert…),
-  // parameters(), and every training forward (which keeps none). Writing through views kept from
-  // before, then calling the inference forward, needs weights_changed() first.
+  // Experts with a fast path (GatedExpert, FfnExpert; routed and shared) pack their weights for
+  // its kernels on first use by the plain forward; prepack() packs them all now (after loading;
+  // before sharing the layer between threads). The packed copies are dropped whenever the weights
+  // may change: mutable access to them, parameters(), every training forward; after writing
+  // through views kept from before, call weights_changed() before the next inference forward.
   void prepack() {
     ExpertRunner<X>::prepack(experts_, threads());
     if (shared_) shared_->prepack();
@@ -235,36 +247,26 @@ class BasicSparseMoE {
 
   int threads() const { return detail::resolve_threads(num_threads_); }
 
-  void forward_rows(ConstMatrixRef<S> x, MatrixRef<S> y, Cache& state, bool training) {
+  void check_io(ConstMatrixRef<S> x, MatrixRef<S> y) const {
     constexpr const char* who = "SparseMoE::forward";
-    const Index d = d_model();
-    detail::check_dim(who, "x.cols()", x.cols(), "d_model", d);
+    detail::check_dim(who, "x.cols()", x.cols(), "d_model", d_model());
     detail::check_dim(who, "y.rows()", y.rows(), "x.rows()", x.rows());
-    detail::check_dim(who, "y.cols()", y.cols(), "d_model", d);
+    detail::check_dim(who, "y.cols()", y.cols(), "d_model", d_model());
+  }
+
+  void forward_training(ConstMatrixRef<S> x, MatrixRef<S> y, Cache& cache) {
+    check_io(x, y);
     [[maybe_unused]] const detail::EigenSingleThreaded single_threaded_eigen;
-    auto& tokens = state.tokens;
-    auto& batch = state.experts.batch;
+    auto& tokens = cache.tokens;
+    auto& batch = cache.experts.batch;
     tokens.training = false;
-    if (training) tokens.x = x;  // x may be y itself (an in-place call): nothing reads x after y is written
-
+    tokens.x = x;  // x may be y itself (an in-place call): nothing reads x after y is written
     gate_.route(x, tokens.plan, mode_);
-    exchange_.dispatch(tokens.plan, x, exchange_.owned(num_experts()), /*with_scales=*/!training, tokens.dispatch,
-                       batch);
-    if (training)
-      runner_.forward(experts_, batch, state.experts.saved, threads());
-    else
-      runner_.forward(experts_, batch, threads());
-    if (shared_) {  // the shared experts read x: combine into a buffer and write y last
-      grow(routed_, x.rows(), d);
-      auto routed = routed_.topRows(x.rows());
-      exchange_.combine(tokens.plan, tokens.dispatch, batch, routed);
-      shared_->forward_add(x, routed, threads(), training ? &tokens.shared : nullptr);
-      y = routed;
-    } else {
-      exchange_.combine(tokens.plan, tokens.dispatch, batch, y);
-    }
-
-    tokens.training = training;
+    exchange_.dispatch(tokens.plan, x, exchange_.owned(num_experts()), /*with_scales=*/false, tokens.dispatch, batch);
+    runner_.forward(experts_, batch, cache.experts.saved, threads());
+    detail::combine_output<S>(exchange_, shared_, x, y, tokens.plan, tokens.dispatch, batch, routed_,
+                              [&](MatrixRef<S> routed) { shared_->forward_add(x, routed, threads(), tokens.shared); });
+    tokens.training = true;
     last_plan_ = tokens.plan;
     compute_routing_stats(tokens.plan, tokens.dispatch, stats_);
   }
@@ -281,11 +283,11 @@ class BasicSparseMoE {
   int num_threads_ = 0;
   Mode mode_ = Mode::inference;
 
-  ExpertRunner<X> runner_;
-  Cache state_;  // the inference forward's
+  Workspace own_;          // the inference forward's
+  ExpertRunner<X> runner_;  // training's
   RoutingPlan<S> last_plan_;
   RoutingStats stats_;
-  // backward's buffers
+  // the training forward's and backward's buffers
   RowMatrix<S> routed_;  // [≥ T, d_model] routed output before the shared experts
   RowMatrix<S> d_weight_, d_out_, d_in_;
   RouterGradients<S> router_grads_;
