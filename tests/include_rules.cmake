@@ -18,7 +18,7 @@ function(floor_of path out)
     "0:moe/(version|errors|types|random|routing|param_bank|parameters|concepts|isa)\\.hpp$"
     "0:moe/detail/"
     "2:moe/kernels/"
-    "2:moe/io/(dtype|npy|safetensors|safetensors_writer)\\.hpp$"
+    "2:moe/io/(dtype|npy|safetensors|safetensors_writer|write_options)\\.hpp$"
     "2:moe/io/detail/"
     "3:moe/experts/"
     "3:moe/gating/"

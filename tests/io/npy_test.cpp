@@ -184,11 +184,14 @@ TEST(NpyFile, OpenNamesThePathAndWriteIsAtomic) {
   const std::string prefix = (dir / "bad.npy").string() + ": ";
   MOE_EXPECT_IO_ERROR(NpyFile::open(dir / "bad.npy"), prefix, "magic");
   moe::io::write_npy(dir / "x.npy", RowMatrix<double>::Ones(2, 2));
-  EXPECT_FALSE(std::filesystem::exists(dir / "x.npy.tmp"));
   std::filesystem::create_directory(dir / "d.npy");
   MOE_EXPECT_IO_ERROR(moe::io::write_npy(dir / "d.npy", RowMatrix<double>::Ones(2, 2)), "write_npy",
-                      "d.npy");
-  EXPECT_FALSE(std::filesystem::exists(dir / "d.npy.tmp"));
+                      "d.npy", "not a regular file");
+  std::filesystem::create_symlink("x.npy", dir / "link.npy");
+  MOE_EXPECT_IO_ERROR(moe::io::write_npy(dir / "link.npy", RowMatrix<double>::Ones(2, 2)), "symbolic link");
+  moe::io::write_npy(dir / "link.npy", RowMatrix<double>::Zero(1, 3), moe::io::WriteOptions{.follow_symlinks = true});
+  EXPECT_EQ(NpyFile::open(dir / "x.npy").read<double>(), RowMatrix<double>::Zero(1, 3));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 4);  // no temporary left
 }
 
 }  // namespace

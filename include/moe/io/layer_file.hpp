@@ -130,8 +130,8 @@ SafetensorsWriter layer_writer(const CheckpointLayer<S, F>& layer) {
 
 // Writes the layer (config and every tensor) to path; atomic (see SafetensorsWriter::write).
 template <class S, class F>
-void save_layer(const CheckpointLayer<S, F>& layer, const std::filesystem::path& path) {
-  layer_writer(layer).write(path);
+void save_layer(const CheckpointLayer<S, F>& layer, const std::filesystem::path& path, WriteOptions options = {}) {
+  layer_writer(layer).write(path, options);
 }
 
 // The layer that save_layer wrote, bit for bit (in inference mode, noise restarted from its seed).

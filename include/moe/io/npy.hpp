@@ -10,6 +10,7 @@
 // those of numpy.save for the same array (header padded so the data starts at a multiple of 64).
 #pragma once
 
+#include "moe/io/detail/atomic_write.hpp"
 #include "moe/io/detail/file_bytes.hpp"
 #include "moe/io/detail/npy_header.hpp"
 #include "moe/errors.hpp"
@@ -108,19 +109,20 @@ std::vector<std::byte> npy_bytes(const Eigen::DenseBase<Derived>& m, const std::
   return out;
 }
 
-// Writes m's elements as an array of the given shape to "<path>.tmp", then renames it to path.
+// Writes m's elements as an array of the given shape to path, whole or not at all, only over a
+// regular file or a new path (detail/atomic_write.hpp); io_error otherwise.
 template <class Derived>
 void write_npy(const std::filesystem::path& path, const Eigen::DenseBase<Derived>& m,
-               const std::vector<Index>& shape) {
+               const std::vector<Index>& shape, WriteOptions options = {}) {
   const std::vector<std::byte> bytes = npy_bytes(m, shape);
   const std::span<const std::byte> chunk(bytes);
-  moe::detail::write_file_atomically(path, std::span(&chunk, 1), "write_npy");
+  moe::detail::write_file_atomically(path, std::span(&chunk, 1), "write_npy", options);
 }
 
 // Writes m as a 2-D array (rows, cols).
 template <class Derived>
-void write_npy(const std::filesystem::path& path, const Eigen::DenseBase<Derived>& m) {
-  write_npy(path, m, {m.rows(), m.cols()});
+void write_npy(const std::filesystem::path& path, const Eigen::DenseBase<Derived>& m, WriteOptions options = {}) {
+  write_npy(path, m, {m.rows(), m.cols()}, options);
 }
 
 }  // namespace moe::io

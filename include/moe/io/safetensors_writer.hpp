@@ -5,7 +5,7 @@
 //   w.add("experts.w1", bank.all(), {num_experts, d_ff, d_model});   // any shape, same elements
 //   w.add("experts.w2", w2, moe::io::Dtype::BF16);                   // F32 (default), F64, F16, BF16
 //   w.metadata("format", "pt");
-//   w.write("model.safetensors");            // "model.safetensors.tmp", then renamed: never half a file
+//   w.write("model.safetensors");            // a temporary, then renamed: never half a file
 //
 // Layout, as the reference implementation's serialize(): "__metadata__" first, then tensors in
 // data order, which sorts by dtype (wider first: F64, F32, BF16, F16, so every tensor stays aligned
@@ -15,7 +15,7 @@
 // BF16 via float); overflow gives ±inf, NaN stays NaN.
 #pragma once
 
-#include "moe/io/detail/file_bytes.hpp"
+#include "moe/io/detail/atomic_write.hpp"
 #include "moe/io/detail/utf8.hpp"
 #include "moe/errors.hpp"
 #include "moe/io/dtype.hpp"
@@ -94,11 +94,12 @@ class SafetensorsWriter {
     return out;
   }
 
-  // Writes "<path>.tmp" and renames it to path; on failure path is untouched (io_error).
-  void write(const std::filesystem::path& path) const {
+  // Writes the file whole or not at all, only over a regular file or a new path
+  // (detail/atomic_write.hpp); on failure path is untouched (io_error).
+  void write(const std::filesystem::path& path, WriteOptions options = {}) const {
     const std::string head = header();
     const auto parts = chunks(head);
-    moe::detail::write_file_atomically(path, parts, "SafetensorsWriter::write");
+    moe::detail::write_file_atomically(path, parts, "SafetensorsWriter::write", options);
   }
 
  private:

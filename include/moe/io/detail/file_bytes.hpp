@@ -1,5 +1,4 @@
-// Whole files as read-only bytes (POSIX mmap, unmapped when the last owner goes) and whole files
-// written atomically (to "<path>.tmp", then renamed over <path>).
+// Whole files as read-only bytes (POSIX mmap, unmapped when the last owner goes).
 #pragma once
 
 #include "moe/errors.hpp"
@@ -47,7 +46,7 @@ class FileDescriptor {
 // The read-only bytes of a whole file (memory-mapped) or a copied buffer. Shared by everything
 // that points into it (a file object, its zero-copy views), so the mapping outlives them all.
 // A mapped file must not be truncated by another process while mapped (the kernel would raise
-// SIGBUS on access); replace files by renaming, as write_file_atomically does.
+// SIGBUS on access); replace files by renaming, as write_file_atomically does (atomic_write.hpp).
 class ByteSource {
  public:
   ByteSource(const ByteSource&) = delete;
@@ -113,36 +112,5 @@ class ByteSource {
   bool mapped_ = false;
   std::vector<std::byte> owned_;
 };
-
-// Writes the concatenation of `chunks` to `path` atomically: the bytes go to "<path>.tmp", are
-// flushed to disk, and the temporary is renamed over `path`. On any failure the temporary is
-// removed, `path` is untouched and io_error names `who`, the path and the system's reason.
-// Two writers of the same path at once would share the temporary: don't.
-inline void write_file_atomically(const std::filesystem::path& path,
-                                  std::span<const std::span<const std::byte>> chunks,
-                                  std::string_view who) {
-  std::filesystem::path temporary = path;
-  temporary += ".tmp";
-  const auto fail = [&](std::string_view what, int error) {
-    ::unlink(temporary.c_str());
-    MOE_THROW(io_error(concat(who, ": ", path.string(), ": ", what, ": ", errno_text(error))));
-  };
-  FileDescriptor fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0)
-    MOE_THROW(io_error(concat(who, ": ", path.string(), ": cannot create ", temporary.string(),
-                              ": ", errno_text(errno))));
-  for (const auto chunk : chunks) {
-    std::size_t done = 0;
-    while (done < chunk.size()) {
-      const ssize_t n = ::write(fd.get(), chunk.data() + done, chunk.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) fail("cannot write", errno);
-      done += static_cast<std::size_t>(n);
-    }
-  }
-  if (::fsync(fd.get()) != 0) fail("cannot flush", errno);
-  if (const int error = fd.close(); error != 0) fail("cannot close", error);
-  if (::rename(temporary.c_str(), path.c_str()) != 0) fail("cannot rename the temporary file", errno);
-}
 
 }  // namespace moe::detail
