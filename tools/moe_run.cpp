@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace {
 
@@ -125,6 +126,7 @@ int run_layer(const Arguments& args, const moe::io::SafetensorsFile& file, moe::
   if (!(tolerance >= 0) || !std::isfinite(tolerance))
     throw UsageError{"--tolerance: '" + *args.get("--tolerance") + "' but expected a finite number >= 0"};
   auto layer = moe::io::load_checkpoint_layer<float, F>(file, format, prefix, options);
+  layer.release_master_weights();  // inference only: keep just the packed (e.g. bf16) weights
   const auto x = moe::io::NpyFile::open(*args.get("--input")).read<float>();
   if (x.cols() != layer.d_model())
     throw moe::shape_error(*args.get("--input") + ": " + std::to_string(x.cols()) + " columns but the layer's d_model = " +
@@ -136,7 +138,8 @@ int run_layer(const Arguments& args, const moe::io::SafetensorsFile& file, moe::
               (long long)layer.gate().config().top_k, (long long)layer.d_model(), (long long)layer.experts().d_ff(),
               layer.shared() ? " + shared experts" : "", (long long)x.rows());
   if (args.stats) {
-    std::printf("kernels: %s (this CPU: %s)\n", layer.kernels().c_str(), moe::isa_name(moe::detected_isa()).data());
+    std::printf("kernels: %s (this CPU: %s); routed expert weights in memory: %.1f MB\n", layer.kernels().c_str(),
+                moe::isa_name(moe::detected_isa()).data(), double(std::as_const(layer).experts().weight_bytes()) * 1e-6);
     print_stats(layer.last_stats());
   }
 

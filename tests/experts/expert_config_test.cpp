@@ -155,3 +155,20 @@ TEST(ExpertConfig, ConfigErrorIsAnInvalidArgument) {
 }
 
 }  // namespace
+
+// Init::zeros (for weights about to be loaded) draws nothing: every parameter is zero; the default
+// draws U(±1/√fan_in).
+TEST(ExpertConfig, InitZerosLeavesEveryParameterZero) {
+  moe::ExpertConfig config{.num_experts = 3, .d_model = 8, .d_ff = 16, .seed = 5};
+  const auto largest = [](const auto& bank) { return bank.all().cwiseAbs().maxCoeff(); };
+  const moe::SwiGluExpert<float> gated_drawn(config);
+  config.init = moe::Init::zeros;
+  const moe::SwiGluExpert<float> gated(config);
+  EXPECT_EQ(largest(gated.w1()) + largest(gated.w2()) + largest(gated.w3()), 0.0f);
+  EXPECT_GT(largest(gated_drawn.w1()), 0.0f);
+  config.bias = true;
+  const moe::SiluExpert<float> ffn(config);
+  EXPECT_EQ(largest(ffn.w1()) + largest(ffn.w2()) + largest(ffn.b1()) + largest(ffn.b2()), 0.0f);
+  const moe::LinearExpert<float> linear(config);
+  EXPECT_EQ(largest(linear.weight()) + largest(linear.bias()), 0.0f);
+}

@@ -10,12 +10,17 @@
 
 namespace moe {
 
+// How a bank's parameters start: drawn at random, or zeros for weights about to be loaded (a
+// loader then pays for no random draws: most of the load time of a large layer).
+enum class Init { uniform, zeros };
+
 struct ExpertConfig {
   Index num_experts = 0;
   Index d_model = 0;
   Index d_ff = 0;            // hidden width; unused by LinearExpert
   bool bias = false;         // biases on every projection (LinearExpert and FfnExpert only)
-  std::uint64_t seed = 0;    // weights ~ U(±1/√fan_in), drawn from Generator(seed)
+  std::uint64_t seed = 0;    // uniform: weights ~ U(±1/√fan_in), drawn from Generator(seed)
+  Init init = Init::uniform;
 };
 
 namespace detail {

@@ -44,6 +44,7 @@ class FfnExpert {
 
   // See the Expert concept.
   void forward(Index e, ConstMatrixRef<S> x, MatrixRef<S> y, std::span<S> scratch) const {
+    packed_.check_masters("FfnExpert::forward");
     detail::check_expert_call<S>("FfnExpert::forward", e, num_experts(), d_model(), x, y,
                                  scratch_size(x.rows()), scratch);
     const Index n = x.rows(), f = d_ff();
@@ -61,6 +62,7 @@ class FfnExpert {
   // The products run on kernels::gemm, on `threads` threads, as GatedExpert's do (see there why).
   void backward(Index e, ConstMatrixRef<S> x, std::span<const S> saved, ConstMatrixRef<S> d_y, MatrixRef<S> d_x,
                 Gradients& grads, std::span<S> scratch, int threads = 1) const {
+    packed_.check_masters("FfnExpert::backward");
     detail::check_expert_backward<S>("FfnExpert::backward", e, num_experts(), d_model(), x, d_y, d_x,
                                      scratch_size(x.rows()), saved, backward_scratch_size(x.rows(), threads), scratch);
     detail::check_same_shape("FfnExpert::backward", config_, grads.config_);
@@ -96,13 +98,23 @@ class FfnExpert {
   // Mutable access to a weight drops its packed copies (the caller may write); the biases are not
   // packed.
   ParamBank<S>& w1() { return weights_changed(), w1_; }
-  const ParamBank<S>& w1() const { return w1_; }
+  const ParamBank<S>& w1() const { return packed_.check_masters("FfnExpert::w1"), w1_; }
   ParamBank<S>& w2() { return weights_changed(), w2_; }
-  const ParamBank<S>& w2() const { return w2_; }
+  const ParamBank<S>& w2() const { return packed_.check_masters("FfnExpert::w2"), w2_; }
   ParamBank<S>& b1() { return b1_; }  // empty without bias
   const ParamBank<S>& b1() const { return b1_; }
   ParamBank<S>& b2() { return b2_; }
   const ParamBank<S>& b2() const { return b2_; }
+
+  // As GatedExpert's: packs every expert and frees the master weights (the biases stay).
+  void release_master_weights() {
+    for (Index e = 0; e < num_experts(); ++e) prepack(e);
+    w1_ = w2_ = ParamBank<S>();
+    packed_.release_masters();
+  }
+  std::size_t weight_bytes() const {
+    return sizeof(S) * static_cast<std::size_t>(w1_.size() + w2_.size() + b1_.size() + b2_.size()) + packed_.bytes();
+  }
 
   // ---- The fast path (the PackedExpert concept, experts/packed_expert.hpp) ----
   // As GatedExpert's, with both projections in kernels::pack_weight_panel's panels: up panel p is
@@ -183,7 +195,7 @@ class FfnExpert {
       b1_ = ParamBank<S>(E, 1, f);
       b2_ = ParamBank<S>(E, 1, d);
     }
-    if (zeros) return;
+    if (zeros || config.init == Init::zeros) return;
     Generator rng(config.seed);
     w1_.init_uniform(d, rng);
     w2_.init_uniform(f, rng);

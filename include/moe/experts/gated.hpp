@@ -46,6 +46,7 @@ class GatedExpert {
 
   // See the Expert concept.
   void forward(Index e, ConstMatrixRef<S> x, MatrixRef<S> y, std::span<S> scratch) const {
+    packed_.check_masters("GatedExpert::forward");
     detail::check_expert_call<S>("GatedExpert::forward", e, num_experts(), d_model(), x, y,
                                  scratch_size(x.rows()), scratch);
     const Index n = x.rows(), f = d_ff();
@@ -67,6 +68,7 @@ class GatedExpert {
   // columns are split over them (the same bits): for experts too few to keep every thread busy.
   void backward(Index e, ConstMatrixRef<S> x, std::span<const S> saved, ConstMatrixRef<S> d_y, MatrixRef<S> d_x,
                 Gradients& grads, std::span<S> scratch, int threads = 1) const {
+    packed_.check_masters("GatedExpert::backward");
     detail::check_expert_backward<S>("GatedExpert::backward", e, num_experts(), d_model(), x, d_y, d_x,
                                      scratch_size(x.rows()), saved, backward_scratch_size(x.rows(), threads), scratch);
     detail::check_same_shape("GatedExpert::backward", config_, grads.config_);
@@ -103,11 +105,26 @@ class GatedExpert {
 
   // Mutable access drops the packed copies (the caller may write).
   ParamBank<S>& w1() { return weights_changed(), w1_; }
-  const ParamBank<S>& w1() const { return w1_; }
+  const ParamBank<S>& w1() const { return packed_.check_masters("GatedExpert::w1"), w1_; }
   ParamBank<S>& w2() { return weights_changed(), w2_; }
-  const ParamBank<S>& w2() const { return w2_; }
+  const ParamBank<S>& w2() const { return packed_.check_masters("GatedExpert::w2"), w2_; }
   ParamBank<S>& w3() { return weights_changed(), w3_; }
-  const ParamBank<S>& w3() const { return w3_; }
+  const ParamBank<S>& w3() const { return packed_.check_masters("GatedExpert::w3"), w3_; }
+
+  // Inference only: packs every expert, then frees the master weights, so that the bank holds just
+  // its packed copy (bf16: half the bytes of the fp32 masters, and no fp32 copy). The fast path —
+  // the layer's inference forwards — runs as before with the same bits; whatever reads or changes
+  // the masters (forward(), backward(), w1()…, collect_parameters, weights_changed, training)
+  // throws state_error from then on.
+  void release_master_weights() {
+    for (Index e = 0; e < num_experts(); ++e) prepack(e);
+    w1_ = w2_ = w3_ = ParamBank<S>();
+    packed_.release_masters();
+  }
+  // The bytes the weights hold now: masters and packed copies.
+  std::size_t weight_bytes() const {
+    return sizeof(S) * static_cast<std::size_t>(w1_.size() + w2_.size() + w3_.size()) + packed_.bytes();
+  }
 
   // ---- The fast path (the PackedExpert concept, experts/packed_expert.hpp) ----
   // The weights are packed into the format's panels, expert by expert on first use, and the
@@ -183,7 +200,7 @@ class GatedExpert {
     w3_ = ParamBank<S>(E, f, d);
     w2_ = ParamBank<S>(E, d, f);
     packed_ = PackedProjections<F>(E);
-    if (zeros) return;
+    if (zeros || config.init == Init::zeros) return;
     Generator rng(config.seed);
     w1_.init_uniform(d, rng);
     w3_.init_uniform(d, rng);

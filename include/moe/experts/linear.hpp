@@ -57,7 +57,7 @@ class LinearExpert {
     const Index E = config.num_experts, d = config.d_model;
     weight_ = ParamBank<S>(E, d, d);
     if (config.bias) bias_ = ParamBank<S>(E, 1, d);
-    if (zeros) return;
+    if (zeros || config.init == Init::zeros) return;
     Generator rng(config.seed);
     weight_.init_uniform(d, rng);
     if (config.bias) bias_.init_uniform(d, rng);

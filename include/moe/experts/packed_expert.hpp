@@ -8,6 +8,7 @@
 #pragma once
 
 #include "moe/concepts.hpp"
+#include "moe/errors.hpp"
 #include "moe/kernels/bf16_format.hpp"
 #include "moe/kernels/packed_product.hpp"
 #include "moe/types.hpp"
@@ -63,7 +64,8 @@ using Bf16 = kernels::Bf16Format;
 
 // The packed copies (format F) of a bank's up and down projections, expert by expert on first
 // use, dropped together whenever the master weights may change: the bookkeeping of every expert
-// with a fast path, in one place.
+// with a fast path, in one place. After release_masters() (the expert freed its master weights:
+// inference only) the copies are all there is: clear() and check_masters() throw state_error.
 template <class F>
 class PackedProjections {
  public:
@@ -85,14 +87,25 @@ class PackedProjections {
     });
   }
   void clear() {
+    check_masters("weights_changed");
     up_.clear();
     down_.clear();
   }
+  void release_masters() { released_ = true; }
+  bool masters_released() const { return released_; }
+  // Throws state_error naming `who` once the master weights are gone.
+  void check_masters(const char* who) const {
+    if (released_)
+      MOE_THROW(state_error(detail::concat(who, ": the master weights were released (release_master_weights(): ",
+                                           "the experts serve inference only)")));
+  }
+  std::size_t bytes() const { return up_.bytes() + down_.bytes(); }
   const kernels::PackedBank<F>& up() const { return up_; }
   const kernels::PackedBank<F>& down() const { return down_; }
 
  private:
   kernels::PackedBank<F> up_, down_;
+  bool released_ = false;
 };
 
 }  // namespace moe

@@ -205,7 +205,7 @@ SwiGluExpert<S, F> read_swiglu_bank(LayerTensors& in, const std::string& head, I
     return single ? head + w + ".weight" : concat(head, e, ".", w, ".weight");
   };
   const Index d_ff = in.shape(name(0, w1), 2)[0];
-  SwiGluExpert<S, F> bank({.num_experts = num_experts, .d_model = d_model, .d_ff = d_ff});
+  SwiGluExpert<S, F> bank({.num_experts = num_experts, .d_model = d_model, .d_ff = d_ff, .init = Init::zeros});
   for (Index e = 0; e < num_experts; ++e) {
     in.read(name(e, w1), {d_ff, d_model}, bank.w1()[e], concat("[d_ff, d_model], d_ff from ", name(0, w1)));
     in.read(name(e, w3), {d_ff, d_model}, bank.w3()[e], "[d_ff, d_model]");

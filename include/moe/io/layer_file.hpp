@@ -168,7 +168,8 @@ CheckpointLayer<S, F> load_layer(const SafetensorsFile& file) {
   const ExpertConfig x{.num_experts = meta.number<Index>("experts.num_experts"),
                        .d_model = meta.number<Index>("experts.d_model"),
                        .d_ff = meta.number<Index>("experts.d_ff"),
-                       .seed = meta.number<std::uint64_t>("experts.seed")};
+                       .seed = meta.number<std::uint64_t>("experts.seed"),
+                       .init = Init::zeros};  // read below
 
   TopKGate<S> gate(g);
   const Index E = g.num_experts, d = g.d_model;
@@ -191,7 +192,8 @@ CheckpointLayer<S, F> load_layer(const SafetensorsFile& file) {
   if (!meta.flag("shared")) return CheckpointLayer<S, F>(std::move(gate), std::move(experts));
   const bool gated = meta.flag("shared.gated");
   const ExpertConfig sx{.num_experts = meta.number<Index>("shared.num_experts"), .d_model = x.d_model,
-                        .d_ff = meta.number<Index>("shared.d_ff"), .seed = meta.number<std::uint64_t>("shared.seed")};
+                        .d_ff = meta.number<Index>("shared.d_ff"), .seed = meta.number<std::uint64_t>("shared.seed"),
+                        .init = Init::zeros};
   SharedExperts<SwiGluExpert<S, F>> shared(read_bank("shared_experts.", sx), gated);
   if (gated) moe::detail::read_exact<S>(file, "shared_experts.gate_weight", {1, x.d_model}, shared.gate_weight());
   return CheckpointLayer<S, F>(std::move(gate), std::move(experts), std::move(shared));

@@ -129,6 +129,12 @@ class PackedBank {
   }
   bool packed(Index e) const { return fresh_[static_cast<std::size_t>(e)] != 0; }
   const Weight* operator[](Index e) const { return panels_[static_cast<std::size_t>(e)].data(); }
+  // The memory the packed copies hold (kept for reuse after clear()).
+  std::size_t bytes() const {
+    std::size_t total = 0;
+    for (const auto& panels : panels_) total += panels.size() * sizeof(Weight);
+    return total;
+  }
   void clear() { std::fill(fresh_.begin(), fresh_.end(), std::uint8_t{0}); }
 
  private:

@@ -21,7 +21,7 @@
 #include "moe/errors.hpp"
 #include "moe/layer/inference.hpp"
 #include "moe/layer/layer_cache.hpp"
-#include "moe/layer/layer_gradients.hpp"
+#include "moe/layer/layer_parts.hpp"
 #include "moe/layer/routing_stats.hpp"
 #include "moe/layer/shared_experts.hpp"
 
@@ -58,7 +58,7 @@ class BasicSparseMoE {
   BasicSparseMoE(Exchange exchange, G gate, X experts, std::optional<SharedExperts<X>> shared, Losses... losses)
       : exchange_(std::move(exchange)), gate_(std::move(gate)), experts_(std::move(experts)),
         shared_(std::move(shared)), losses_(std::move(losses)...) {
-    check_parts();
+    detail::check_layer_parts(gate_, experts_, shared_, exchange_.owned(gate_.num_experts()));
   }
 
   Index d_model() const { return experts_.d_model(); }
@@ -202,6 +202,15 @@ class BasicSparseMoE {
     ExpertRunner<X>::weights_changed(experts_);
     if (shared_) shared_->weights_changed();
   }
+  // Inference only: packs every expert, then frees their master weights (GatedExpert's
+  // release_master_weights: a bf16 layer then holds no fp32 copy of its experts).
+  void release_master_weights()
+    requires requires(X& x) { x.release_master_weights(); }
+  {
+    prepack();
+    experts_.release_master_weights();
+    if (shared_) shared_->experts().release_master_weights();
+  }
 
   const RoutingStats& last_stats() const { return stats_; }
   const RoutingPlan<S>& last_plan() const { return last_plan_; }
@@ -227,19 +236,6 @@ class BasicSparseMoE {
   const Exchange& exchange() const { return exchange_; }
 
  private:
-  void check_parts() const {
-    constexpr const char* who = "SparseMoE";
-    detail::check_config(gate_.d_model() == experts_.d_model(), who, "gate.d_model() = ", gate_.d_model(),
-                         " but experts.d_model() = ", experts_.d_model());
-    const ExpertRange owned = exchange_.owned(gate_.num_experts());  // the experts this process runs
-    detail::check_config(owned.count == experts_.num_experts(), who, "gate.num_experts() = ", gate_.num_experts(),
-                         owned.count == gate_.num_experts() ? "" : detail::concat(" (", owned.count, " in this process)"),
-                         " but experts.num_experts() = ", experts_.num_experts());
-    if (shared_)
-      detail::check_config(shared_->d_model() == experts_.d_model(), who, "shared.d_model() = ",
-                           shared_->d_model(), " but experts.d_model() = ", experts_.d_model());
-  }
-
   void check_cache(const Cache& cache, const char* who) const {
     if (!cache.tokens.training)
       MOE_THROW(state_error(detail::concat(who, ": the cache was not filled by a training forward")));
