@@ -120,13 +120,13 @@ void print_stats(const moe::RoutingStats& s) {
 // The layer's forward on x, its report and --check, for expert weights in format F.
 template <class F>
 int run_layer(const Arguments& args, const moe::io::SafetensorsFile& file, moe::io::CheckpointFormat format) {
-  const auto options = routing_options(args);
+  auto options = routing_options(args);
+  options.inference_only = true;  // keep just the packed (e.g. bf16) expert weights
   const std::string prefix = args.get("--prefix") ? *args.get("--prefix") : "";
   const double tolerance = args.get("--tolerance") ? number<double>("--tolerance", *args.get("--tolerance")) : 1e-5;
   if (!(tolerance >= 0) || !std::isfinite(tolerance))
     throw UsageError{"--tolerance: '" + *args.get("--tolerance") + "' but expected a finite number >= 0"};
   auto layer = moe::io::load_checkpoint_layer<float, F>(file, format, prefix, options);
-  layer.release_master_weights();  // inference only: keep just the packed (e.g. bf16) weights
   const auto x = moe::io::NpyFile::open(*args.get("--input")).read<float>();
   if (x.cols() != layer.d_model())
     throw moe::shape_error(*args.get("--input") + ": " + std::to_string(x.cols()) + " columns but the layer's d_model = " +

@@ -197,3 +197,55 @@ TEST(Checkpoint, FormatNamesRoundTrip) {
 }
 
 }  // namespace
+
+namespace MOE_TEST_FILE_ID {
+
+// inference_only: the experts are packed one by one as read and hold no master weights; the layer
+// computes the bits of a normally loaded one, for every format, fp32 and bf16, from a mapped file
+// whose pages the loader gives back as it goes.
+template <class F>
+void expect_inference_only_load_matches(CheckpointFormat format) {
+  const HfLayer hf{format, "model.layers.1.mlp."};
+  moe::test::ScratchDir dir;
+  hf.writer().write(dir / "layer.safetensors");
+  const auto file = SafetensorsFile::open(dir / "layer.safetensors");
+  ASSERT_TRUE(file.memory_mapped());
+  CheckpointOptions options{.top_k = 2, .n_group = 2, .topk_group = 1};
+  auto normal = moe::io::load_checkpoint_layer<float, F>(file, format, hf.prefix, options);
+  options.inference_only = true;
+  const auto packed = moe::io::load_checkpoint_layer<float, F>(file, format, hf.prefix, options);
+  const RowMatrix<float> x = moe::test::random_matrix<float>(19, kD, 4);
+  RowMatrix<float> expected(19, kD), y(19, kD);
+  normal.forward(x, expected);
+  typename decltype(normal)::Workspace work;
+  packed.forward(x, y, work);
+  EXPECT_EQ(y, expected) << moe::io::format_name(format) << " " << F::name;
+  EXPECT_THROW((void)packed.experts().w1(), moe::state_error);
+  if (packed.shared()) EXPECT_THROW((void)packed.shared()->experts().w2(), moe::state_error);
+  normal.release_master_weights();
+  EXPECT_EQ(packed.experts().weight_bytes(), std::as_const(normal).experts().weight_bytes());
+}
+
+TEST(Checkpoint, InferenceOnlyLoadPacksAsItReadsWithTheSameBits) {
+  for (const auto format : {CheckpointFormat::mixtral, CheckpointFormat::qwen2_moe, CheckpointFormat::deepseek_v2,
+                            CheckpointFormat::deepseek_v3}) {
+    expect_inference_only_load_matches<moe::F32>(format);
+    expect_inference_only_load_matches<moe::Bf16>(format);
+  }
+}
+
+// A bank without master weights refuses to run an expert it was never given.
+TEST(Checkpoint, AnExpertNeverPackedIsAStateError) {
+  auto bank = moe::SwiGluExpert<float>::without_masters({.num_experts = 2, .d_model = kD, .d_ff = kF});
+  const RowMatrix<float> w1 = RowMatrix<float>::Ones(kF, kD), w2 = RowMatrix<float>::Ones(kD, kF);
+  bank.pack_expert_up(0, w1, w1);
+  bank.pack_expert_down(0, w2);
+  bank.pack_expert_up(1, w1, w1);  // the down projection is missing
+  EXPECT_THROW(bank.prepack(1), moe::state_error);
+  bank.prepack(0);
+  EXPECT_THROW(bank.pack_expert_up(1, w2, w1), moe::shape_error);
+  EXPECT_THROW(bank.pack_expert_down(1, w1), moe::shape_error);
+  EXPECT_THROW(bank.pack_expert_down(2, w2), moe::config_error);
+}
+
+}  // namespace MOE_TEST_FILE_ID

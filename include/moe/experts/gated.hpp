@@ -121,6 +121,26 @@ class GatedExpert {
     w1_ = w2_ = w3_ = ParamBank<S>();
     packed_.release_masters();
   }
+  // An inference-only bank that never holds master weights (as after release_master_weights()):
+  // pack_expert_up(e, w1, w3) and pack_expert_down(e, w2) pack each expert from weights the caller
+  // holds — how a loader keeps just one expert's weights beside the packed bank. Every expert must
+  // be packed before it runs.
+  static GatedExpert without_masters(const ExpertConfig& config) {
+    GatedExpert bank(config, /*zeros=*/true, /*masters=*/false);
+    bank.packed_.release_masters();
+    return bank;
+  }
+  void pack_expert_up(Index e, ConstMatrixRef<S> w1, ConstMatrixRef<S> w3) {
+    check_given(e, "w1", w1, d_ff(), d_model());
+    check_given(e, "w3", w3, d_ff(), d_model());
+    packed_.repack_up(e, up_panels(), d_model(), [&](Index p, Weight* panel) { pack_up_panel(w1, w3, p, panel); });
+  }
+  void pack_expert_down(Index e, ConstMatrixRef<S> w2) {
+    check_given(e, "w2", w2, d_model(), d_ff());
+    packed_.repack_down(e, down_panels(), d_ff(),
+                        [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w2, p, panel); });
+  }
+
   // The bytes the weights hold now: masters and packed copies.
   std::size_t weight_bytes() const {
     return sizeof(S) * static_cast<std::size_t>(w1_.size() + w2_.size() + w3_.size()) + packed_.bytes();
@@ -137,8 +157,9 @@ class GatedExpert {
   Index down_panels() const { return (d_model() + kNR - 1) / kNR; }
   void weights_changed() { packed_.clear(); }
   void prepack(Index e) {
+    packed_.check_usable(e, "GatedExpert::prepack");
     packed_.ensure(e, up_panels(), d_model(), down_panels(), d_ff(),
-                   [&](Index p, Weight* panel) { pack_up_panel(e, p, panel); },
+                   [&](Index p, Weight* panel) { pack_up_panel(w1_[e], w3_[e], p, panel); },
                    [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w2_[e], p, panel); });
   }
 
@@ -158,13 +179,15 @@ class GatedExpert {
                   std::span<S> memory, bool keep) const {
     using Tile = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
     using Out = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+    packed_.check_usable(e, "GatedExpert::forward_up");
     const Index f = d_ff();
     S* const h1 = memory.data();
     S* const h3 = h1 + n * f;
     S* const h = hidden(memory, n);
     kernels::multiply_bank<F>(
         packed_.up(), e, n, d_model(), packed_x, p_begin, p_end, work,
-        [&](Index p, Weight* panel) { pack_up_panel(e, p, panel); }, [&](Index p) { return up_source(e, p); },
+        [&](Index p, Weight* panel) { pack_up_panel(w1_[e], w3_[e], p, panel); },
+        [&](Index p) { return up_source(e, p); },
         [&](Index i0, Index mr, Index p, const S* tile) {
       const Index unit = p * kUnits, units = std::min<Index>(kUnits, f - unit), at = i0 * f + unit;
       for (Index i = 0; i < mr; ++i)
@@ -192,14 +215,15 @@ class GatedExpert {
   }
 
  private:
-  GatedExpert(const ExpertConfig& config, bool zeros) : config_(config) {
+  GatedExpert(const ExpertConfig& config, bool zeros, bool masters = true) : config_(config) {
     detail::check_expert_config(config, "GatedExpert", /*needs_d_ff=*/true);
     detail::check_config(!config.bias, "GatedExpert", "bias = true but gated experts have no biases");
     const Index E = config.num_experts, d = config.d_model, f = config.d_ff;
+    packed_ = PackedProjections<F>(E);
+    if (!masters) return;
     w1_ = ParamBank<S>(E, f, d);
     w3_ = ParamBank<S>(E, f, d);
     w2_ = ParamBank<S>(E, d, f);
-    packed_ = PackedProjections<F>(E);
     if (zeros || config.init == Init::zeros) return;
     Generator rng(config.seed);
     w1_.init_uniform(d, rng);
@@ -214,12 +238,19 @@ class GatedExpert {
 
   S* hidden(std::span<S> memory, Index n) const { return memory.data() + 2 * n * d_ff(); }
 
+  void check_given(Index e, std::string_view name, ConstMatrixRef<S> w, Index rows, Index cols) const {
+    constexpr const char* who = "GatedExpert::pack_expert";
+    detail::check_config(e >= 0 && e < num_experts(), who, "expert = ", e, " but num_experts = ", num_experts());
+    detail::check_dim(who, detail::concat(name, ".rows()"), w.rows(), rows == d_ff() ? "d_ff" : "d_model", rows);
+    detail::check_dim(who, detail::concat(name, ".cols()"), w.cols(), cols == d_ff() ? "d_ff" : "d_model", cols);
+  }
+
   // Up panel p: hidden units [p·U, p·U + U) of w1, then of w3, as columns; [d_model][kNR].
-  void pack_up_panel(Index e, Index p, Weight* panel) const {
+  void pack_up_panel(ConstMatrixRef<S> w1, ConstMatrixRef<S> w3, Index p, Weight* panel) const {
     const Index unit = p * kUnits, units = std::min<Index>(kUnits, d_ff() - unit);
     if (units < kUnits) std::fill_n(panel, F::packed_depth(d_model()) * kNR, Weight(0));
-    F::pack_weight_rows(w1_[e].middleRows(unit, units), panel, 0);
-    F::pack_weight_rows(w3_[e].middleRows(unit, units), panel, kUnits);
+    F::pack_weight_rows(w1.middleRows(unit, units), panel, 0);
+    F::pack_weight_rows(w3.middleRows(unit, units), panel, kUnits);
   }
   // The weights pack_up_panel reads: rows of w1 and w3.
   kernels::Ahead up_source(Index e, Index p) const {

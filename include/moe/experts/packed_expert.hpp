@@ -78,13 +78,19 @@ class PackedProjections {
   template <class PackUp, class PackDown>
   void ensure(Index e, Index up_panels, Index up_depth, Index down_panels, Index down_depth, PackUp&& pack_up,
               PackDown&& pack_down) {
-    const Index up_size = F::packed_depth(up_depth) * F::kNR, down_size = F::packed_depth(down_depth) * F::kNR;
-    up_.ensure(e, up_panels * up_size, [&](Weight* out) {
-      for (Index p = 0; p < up_panels; ++p) pack_up(p, out + p * up_size);
-    });
-    down_.ensure(e, down_panels * down_size, [&](Weight* out) {
-      for (Index p = 0; p < down_panels; ++p) pack_down(p, out + p * down_size);
-    });
+    pack(up_, e, up_panels, up_depth, pack_up);
+    pack(down_, e, down_panels, down_depth, pack_down);
+  }
+  // Packs one projection of expert e again (a bank without masters, from weights given to it).
+  template <class Pack>
+  void repack_up(Index e, Index panels, Index depth, Pack&& pack_panel) {
+    up_.drop(e);
+    pack(up_, e, panels, depth, pack_panel);
+  }
+  template <class Pack>
+  void repack_down(Index e, Index panels, Index depth, Pack&& pack_panel) {
+    down_.drop(e);
+    pack(down_, e, panels, depth, pack_panel);
   }
   void clear() {
     check_masters("weights_changed");
@@ -99,11 +105,24 @@ class PackedProjections {
       MOE_THROW(state_error(detail::concat(who, ": the master weights were released (release_master_weights(): ",
                                            "the experts serve inference only)")));
   }
+  // Throws state_error unless expert e can run: packed, or with master weights to pack from.
+  void check_usable(Index e, const char* who) const {
+    if (released_ && !(up_.packed(e) && down_.packed(e)))
+      MOE_THROW(state_error(detail::concat(who, ": expert ", e, " has neither master weights nor a packed copy")));
+  }
   std::size_t bytes() const { return up_.bytes() + down_.bytes(); }
   const kernels::PackedBank<F>& up() const { return up_; }
   const kernels::PackedBank<F>& down() const { return down_; }
 
  private:
+  template <class Pack>
+  static void pack(kernels::PackedBank<F>& bank, Index e, Index panels, Index depth, Pack&& pack_panel) {
+    const Index size = F::packed_depth(depth) * F::kNR;
+    bank.ensure(e, panels * size, [&](Weight* out) {
+      for (Index p = 0; p < panels; ++p) pack_panel(p, out + p * size);
+    });
+  }
+
   kernels::PackedBank<F> up_, down_;
   bool released_ = false;
 };

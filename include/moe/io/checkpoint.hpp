@@ -31,6 +31,7 @@
 #include "moe/errors.hpp"
 #include "moe/experts/gated.hpp"
 #include "moe/gating/top_k_gate.hpp"
+#include "moe/io/checkpoint_format.hpp"
 #include "moe/io/safetensors.hpp"
 #include "moe/layer/shared_experts.hpp"
 #include "moe/layer/sparse_moe.hpp"
@@ -43,59 +44,6 @@
 #include <vector>
 
 namespace moe::io {
-
-enum class CheckpointFormat { mixtral, qwen2_moe, deepseek_v2, deepseek_v3 };
-
-// "mixtral", "qwen2-moe", "deepseek-v2", "deepseek-v3"
-inline std::string_view format_name(CheckpointFormat f) {
-  switch (f) {
-    case CheckpointFormat::mixtral: return "mixtral";
-    case CheckpointFormat::qwen2_moe: return "qwen2-moe";
-    case CheckpointFormat::deepseek_v2: return "deepseek-v2";
-    case CheckpointFormat::deepseek_v3: return "deepseek-v3";
-  }
-  return "?";
-}
-
-inline std::optional<CheckpointFormat> parse_format(std::string_view name) {
-  for (const auto f : {CheckpointFormat::mixtral, CheckpointFormat::qwen2_moe, CheckpointFormat::deepseek_v2,
-                       CheckpointFormat::deepseek_v3})
-    if (format_name(f) == name) return f;
-  return std::nullopt;
-}
-
-// The routing values a checkpoint does not hold (HF config.json names); unset = the format's default.
-struct CheckpointOptions {
-  std::optional<Index> top_k{};                    // num_experts_per_tok
-  std::optional<bool> norm_topk_prob{};
-  std::optional<Index> n_group{}, topk_group{};
-  std::optional<double> routed_scaling_factor{};
-};
-
-// HF defaults: Mixtral k = 2, always renormalised; Qwen2-MoE k = 4, norm_topk_prob = false;
-// DeepSeek-V2(-Lite) k = 6, greedy, no renormalisation, scale 1; DeepSeek-V3 k = 8, n_group = 8,
-// topk_group = 4, renormalised, scale 2.5.
-inline TopKGateConfig checkpoint_gate_config(CheckpointFormat f, Index d_model, Index num_experts,
-                                             const CheckpointOptions& o) {
-  TopKGateConfig c{.d_model = d_model, .num_experts = num_experts};
-  const bool v3 = f == CheckpointFormat::deepseek_v3, v2 = f == CheckpointFormat::deepseek_v2;
-  c.top_k = o.top_k.value_or(f == CheckpointFormat::mixtral ? 2 : f == CheckpointFormat::qwen2_moe ? 4 : v2 ? 6 : 8);
-  c.normalize = o.norm_topk_prob.value_or(f == CheckpointFormat::mixtral || v3);
-  c.n_group = o.n_group.value_or(v3 ? 8 : 1);
-  c.topk_group = o.topk_group.value_or(v3 ? 4 : 1);
-  const double scale = o.routed_scaling_factor.value_or(v3 ? 2.5 : 1.0);
-  if (v3) {
-    c.scoring = Scoring::sigmoid;
-    c.selection_bias = true;
-    c.scale = scale;
-  } else if (v2) {
-    c.group_score = GroupScore::max;
-    c.scale = c.normalize ? 1.0 : scale;  // DeepSeek-V2 scales only the unnormalised weights
-  } else {
-    c.scale = scale;
-  }
-  return c;
-}
 
 // F: the experts' weight format (fp32 by default; Bf16 rounds the file's values to bfloat16, which
 // keeps a BF16 checkpoint's values exactly).
@@ -137,6 +85,7 @@ class LayerTensors {
     file_.read_into(name, out);
     used_.insert(name);
   }
+  void release(std::string_view relative) const { file_.release(prefix_ + std::string(relative)); }
 
   // Expert ids i of the names "<prefix>experts.<i>.*": must be 0 .. E−1.
   Index count_experts() const {
@@ -195,21 +144,41 @@ inline std::string first_expert_tensor(io::CheckpointFormat format) {
 }
 
 // A bank of SwiGLU experts from the tensors "<head><i>.<w1|w3|w2>.weight" (HF names: gate_proj,
-// up_proj, down_proj), or with `single` one expert from "<head><w1|w3|w2>.weight".
+// up_proj, down_proj), or with `single` one expert from "<head><w1|w3|w2>.weight". Each tensor's
+// pages go back to the system once read. inference_only: a bank without master weights, each
+// expert read into buffers of one expert and packed (GatedExpert::without_masters).
 template <class S, class F>
 SwiGluExpert<S, F> read_swiglu_bank(LayerTensors& in, const std::string& head, Index num_experts, Index d_model,
-                                    bool hf_names, bool single) {
+                                    bool hf_names, bool single, bool inference_only) {
   const std::string w1 = hf_names ? "gate_proj" : "w1", w3 = hf_names ? "up_proj" : "w3",
                     w2 = hf_names ? "down_proj" : "w2";
   auto name = [&](Index e, const std::string& w) {
     return single ? head + w + ".weight" : concat(head, e, ".", w, ".weight");
   };
   const Index d_ff = in.shape(name(0, w1), 2)[0];
-  SwiGluExpert<S, F> bank({.num_experts = num_experts, .d_model = d_model, .d_ff = d_ff, .init = Init::zeros});
+  const ExpertConfig config{.num_experts = num_experts, .d_model = d_model, .d_ff = d_ff, .init = Init::zeros};
+  auto bank = inference_only ? SwiGluExpert<S, F>::without_masters(config) : SwiGluExpert<S, F>(config);
+  // inference_only: one expert's w1 and w3 (then w2, in w1's place), packed and dropped in turn.
+  RowMatrix<S> one_w1(inference_only ? d_ff : 0, d_model), one_w3(inference_only ? d_ff : 0, d_model);
+  const auto read = [&](Index e, const std::string& w, const std::vector<Index>& shape, MatrixRef<S> out,
+                        std::string_view why) {
+    in.read(name(e, w), shape, out, why);
+    in.release(name(e, w));
+  };
   for (Index e = 0; e < num_experts; ++e) {
-    in.read(name(e, w1), {d_ff, d_model}, bank.w1()[e], concat("[d_ff, d_model], d_ff from ", name(0, w1)));
-    in.read(name(e, w3), {d_ff, d_model}, bank.w3()[e], "[d_ff, d_model]");
-    in.read(name(e, w2), {d_model, d_ff}, bank.w2()[e], "[d_model, d_ff]");
+    const std::string why = concat("[d_ff, d_model], d_ff from ", name(0, w1));
+    if (!inference_only) {
+      read(e, w1, {d_ff, d_model}, bank.w1()[e], why);
+      read(e, w3, {d_ff, d_model}, bank.w3()[e], "[d_ff, d_model]");
+      read(e, w2, {d_model, d_ff}, bank.w2()[e], "[d_model, d_ff]");
+      continue;
+    }
+    read(e, w1, {d_ff, d_model}, one_w1, why);
+    read(e, w3, {d_ff, d_model}, one_w3, "[d_ff, d_model]");
+    bank.pack_expert_up(e, one_w1, one_w3);
+    Eigen::Map<RowMatrix<S>> one_w2(one_w1.data(), d_model, d_ff);
+    read(e, w2, {d_model, d_ff}, one_w2, "[d_model, d_ff]");
+    bank.pack_expert_down(e, one_w2);
   }
   return bank;
 }
@@ -220,7 +189,8 @@ namespace moe::io {
 
 // One MoE layer of `format` under `prefix` (e.g. "model.layers.3.block_sparse_moe."), in S, its
 // experts' weights in format F.
-//   ensures: a layer in inference mode; shared() is set for qwen2-moe and deepseek-*, null for mixtral.
+//   ensures: a layer in inference mode; shared() is set for qwen2-moe and deepseek-*, null for mixtral;
+//            with options.inference_only, its experts hold only their packed weights.
 //   throws:  io_error (file, tensor, expectation) for anything the file lacks or holds wrongly;
 //            config_error when the options do not fit the file (e.g. top_k > num_experts).
 template <class S, class F = kernels::NativeFormat<S>>
@@ -241,13 +211,15 @@ CheckpointLayer<S, F> load_checkpoint_layer(const SafetensorsFile& file, Checkpo
     in.read("gate.e_score_correction_bias", {E}, Eigen::Map<RowMatrix<S>>(selection_bias.data(), 1, E),
             "[num_experts]");
   }
-  auto experts = moe::detail::read_swiglu_bank<S, F>(in, "experts.", E, d, hf_names, false);
+  auto experts = moe::detail::read_swiglu_bank<S, F>(in, "experts.", E, d, hf_names, false, options.inference_only);
   std::optional<SharedExperts<SwiGluExpert<S, F>>> shared;
   if (format == CheckpointFormat::qwen2_moe) {
-    shared.emplace(moe::detail::read_swiglu_bank<S, F>(in, "shared_expert.", 1, d, true, true), /*gated=*/true);
+    shared.emplace(moe::detail::read_swiglu_bank<S, F>(in, "shared_expert.", 1, d, true, true, options.inference_only),
+                   /*gated=*/true);
     in.read("shared_expert_gate.weight", {1, d}, shared->gate_weight(), "[1, d_model]");
   } else if (format != CheckpointFormat::mixtral) {
-    shared.emplace(moe::detail::read_swiglu_bank<S, F>(in, "shared_experts.", 1, d, true, true), /*gated=*/false);
+    shared.emplace(moe::detail::read_swiglu_bank<S, F>(in, "shared_experts.", 1, d, true, true, options.inference_only),
+                   /*gated=*/false);
   }
   in.check_all_used();
 

@@ -157,6 +157,9 @@ class SafetensorsFile {
     const TensorInfo& t = info(name);
     return data_.subspan(t.begin, t.end - t.begin);
   }
+  // Gives a read tensor's memory back (its whole pages, read from the file again if used): what
+  // a loader that streams tensor by tensor calls. No effect on from_bytes()' copy.
+  void release(std::string_view name) const { source_->release(bytes(name)); }
 
  private:
   SafetensorsFile(std::shared_ptr<const moe::detail::ByteSource> source, std::string origin)

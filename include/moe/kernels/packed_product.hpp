@@ -136,6 +136,7 @@ class PackedBank {
     return total;
   }
   void clear() { std::fill(fresh_.begin(), fresh_.end(), std::uint8_t{0}); }
+  void drop(Index e) { fresh_[static_cast<std::size_t>(e)] = 0; }
 
  private:
   std::vector<moe::detail::AlignedVector<Weight>> panels_;

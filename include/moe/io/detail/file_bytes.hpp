@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <span>
@@ -103,6 +104,16 @@ class ByteSource {
 
   std::span<const std::byte> bytes() const { return {data_, size_}; }
   bool mapped() const { return mapped_; }
+
+  // Gives the whole pages inside `range` (of bytes()) back to the system: a mapping reads them
+  // from the file again if they are touched. No effect on a copy.
+  void release(std::span<const std::byte> range) const {
+    if (!mapped_ || range.empty()) return;
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto first = (reinterpret_cast<std::uintptr_t>(range.data()) + page - 1) / page * page;
+    const auto last = (reinterpret_cast<std::uintptr_t>(range.data()) + range.size()) / page * page;
+    if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  }
 
  private:
   ByteSource() = default;
