@@ -83,6 +83,18 @@ TEST(TopKGateGrad, DeepSeekSigmoidGroupsSelectionBiasScale) {
   expect_top_k_gradients(config);
 }
 
+// DeepSeek-V2 scales the unnormalised weights by routed_scaling_factor (16): the routed scale must
+// reach the gradient of both score functions without renormalisation.
+TEST(TopKGateGrad, UnnormalisedWeightsScaledBySixteen) {
+  for (const auto scoring : {moe::Scoring::softmax, moe::Scoring::sigmoid}) {
+    auto config = base();
+    config.scoring = scoring;
+    config.normalize = false;
+    config.scale = 16.0;
+    expect_top_k_gradients(config);
+  }
+}
+
 TEST(TopKGateGrad, SigmoidWithoutRenormalisation) {
   auto config = base();
   config.scoring = moe::Scoring::sigmoid;

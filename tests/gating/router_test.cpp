@@ -146,3 +146,31 @@ TYPED_TEST(RouterTest, CheckFiniteReportsTheFirstBadToken) {
 }
 
 }  // namespace
+
+namespace MOE_TEST_FILE_ID {
+
+// backward accumulates: grads.weight += d_logitsᵀ·x, grads.bias += Σ_t d_logits, d_x += d_logits·W,
+// against the products written out, on gradients and d_x that already hold values.
+TYPED_TEST(RouterTest, BackwardAccumulatesIntoEveryOutput) {
+  using S = TypeParam;
+  moe::Generator rng(3);
+  const moe::Router<S> router(kDModel, kExperts, true, rng);
+  auto grads = router.zeros_like();
+  grads.weight().setConstant(S(0.5));
+  grads.bias().setConstant(S(-0.25));
+  const moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 4);
+  const moe::RowMatrix<S> d_logits = moe::test::random_matrix<S>(kTokens, kExperts, 5);
+  moe::RowMatrix<S> d_x = moe::RowMatrix<S>::Constant(kTokens, kDModel, S(2));
+  router.backward(x, d_logits, d_x, grads);
+  router.backward(x, d_logits, d_x, grads);
+  const moe::RowMatrix<S> weight_grad = moe::RowMatrix<S>::Constant(kExperts, kDModel, S(0.5)) +
+                                        S(2) * (d_logits.transpose() * x);
+  const moe::Vector<S> bias_grad =
+      moe::Vector<S>::Constant(kExperts, S(-0.25)) + S(2) * d_logits.colwise().sum().transpose();
+  MOE_EXPECT_CLOSE(S, grads.weight(), weight_grad);
+  MOE_EXPECT_CLOSE(S, moe::RowMatrix<S>(grads.bias().transpose()), moe::RowMatrix<S>(bias_grad.transpose()));
+  MOE_EXPECT_CLOSE(S, d_x, moe::RowMatrix<S>(moe::RowMatrix<S>::Constant(kTokens, kDModel, S(2)) +
+                                             S(2) * (d_logits * router.weight())));
+}
+
+}  // namespace MOE_TEST_FILE_ID

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <vector>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -127,6 +128,29 @@ TEST(BFloat16, KnownValues) {
     if (!std::isnan(bf16_to_float(static_cast<std::uint16_t>(b)))) {
       ASSERT_EQ(float_to_bf16(bf16_to_float(static_cast<std::uint16_t>(b))), b);
     }
+  }
+}
+
+// float_to_bf16 against the rounding written out in double: the nearer of the two bf16 values that
+// bracket x, the one with an even last bit on a tie — for random bit patterns and for every tie
+// just above and below 1.
+TEST(BFloat16, RoundsToNearestEvenAgainstADoubleReference) {
+  const auto reference = [](float x) {
+    const std::uint32_t bits = std::bit_cast<std::uint32_t>(x);
+    const auto down = static_cast<std::uint16_t>(bits >> 16), up = static_cast<std::uint16_t>(down + 1);
+    const double below = std::abs(double(x) - double(bf16_to_float(down)));
+    const double above = std::abs(double(bf16_to_float(up)) - double(x));
+    if (below != above) return below < above ? down : up;
+    return (down & 1) == 0 ? down : up;
+  };
+  std::uint32_t state = 12345;
+  std::vector<std::uint32_t> patterns;
+  for (int i = 0; i < 200000; ++i) patterns.push_back(state = state * 1664525u + 1013904223u);
+  for (std::uint32_t m = 0; m < 128; ++m) patterns.push_back(0x3f800000u | (m << 16) | 0x8000u);  // ties
+  for (const std::uint32_t bits : patterns) {
+    const float x = std::bit_cast<float>(bits);
+    if (!std::isfinite(x) || std::abs(x) >= std::numeric_limits<float>::max() / 2) continue;
+    ASSERT_EQ(float_to_bf16(x), reference(x)) << std::hex << bits;
   }
 }
 

@@ -84,6 +84,11 @@ std::vector<BadFile> bad_files() {
        {"tensor 'w'", "[4, 28]", "only 24 bytes"}},
       {"offset past 2^64", h("{" + entry("w", "F32", "[2,3]", "[0,18446744073709551616]") + "}", six),
        {"tensor 'w'", "[begin, end]"}},
+      {"end one byte past the data", h("{" + entry("w", "U8", "[25]", "[0,25]") + "}", six),
+       {"tensor 'w'", "[0, 25]", "only 24 bytes"}},
+      {"overlap by one byte", h("{" + entry("a", "U8", "[5]", "[0,5]") + "," + entry("b", "U8", "[4]", "[4,8]") + "}",
+                                floats({1, 2})),
+       {"tensor 'b'", "overlap tensor 'a'"}},
       {"overlap", h("{" + entry("a", "F32", "[4]", "[0,16]") + "," + entry("b", "F32", "[2]", "[8,16]") +
                     "}", floats({1, 2, 3, 4})),
        {"tensor 'b'", "overlap tensor 'a'"}},

@@ -136,3 +136,28 @@ TYPED_TEST(CombineTest, WritesIntoARowBlock) {
 }
 
 }  // namespace
+
+namespace MOE_TEST_FILE_ID {
+
+// Slots are summed in ascending order, where the order changes the result: the rows 1, 1e20, −1e20
+// give (1 + 1e20) − 1e20 = 0 in order, and 1 in reverse. Bit for bit, combine and sum_slots.
+TYPED_TEST(CombineTest, SumsSlotsInAscendingOrderBitForBit) {
+  using S = TypeParam;
+  RoutingPlan<S> plan;
+  plan.reset(1, 3, 3);
+  for (Index j = 0; j < 3; ++j) plan.expert(0, j) = static_cast<std::int32_t>(j);
+  plan.weight.setOnes();
+  DispatchPlan d;
+  moe::kernels::build_dispatch(plan, d);
+  RowMatrix<S> out(3, 1);
+  out << S(1), S(1e20), S(-1e20);
+  const S ascending = (S(0) + out(d.row[0], 0) + out(d.row[1], 0)) + out(d.row[2], 0);
+  ASSERT_EQ(ascending, S(0));
+  RowMatrix<S> y(1, 1), summed(1, 1);
+  moe::kernels::combine<S>(plan.weight, d, out, y);
+  moe::kernels::sum_slots<S>(d, 3, out, summed);
+  EXPECT_EQ(y(0, 0), ascending);
+  EXPECT_EQ(summed(0, 0), ascending);
+}
+
+}  // namespace MOE_TEST_FILE_ID

@@ -159,6 +159,17 @@ TYPED_TEST(AdamTest, AdamWDecaysTheParameterItselfAdamDecaysThroughTheGradient) 
   EXPECT_EQ(grad(0, 0), S(0));  // the decay is added to a copy, not to the caller's gradient
 }
 
+TYPED_TEST(AdamTest, AdamWDecaysBeforeTheAdamUpdate) {
+  // θ = 4, g = 1, lr = 0.1, wd = 0.5, first step (m̂ = g, v̂ = g²: the update is lr·g/(|g| + ε)):
+  //   decay, then update: 4·0.95 − 0.1 = 3.7;   update, then decay: (4 − 0.1)·0.95 = 3.705.
+  using S = TypeParam;
+  RowMatrix<S> theta = RowMatrix<S>::Constant(1, 1, S(4)), grad = RowMatrix<S>::Ones(1, 1);
+  const moe::ParameterList<S> params{moe::view<S>("theta", theta)}, grads{moe::view<S>("theta", grad)};
+  auto adamw = moe::adamw<S>({.lr = 0.1, .weight_decay = 0.5});
+  adamw.step(params, grads);
+  EXPECT_NEAR(theta(0, 0), 3.7, 1e-6);
+}
+
 TYPED_TEST(AdamTest, MinimisesAQuadratic) {
   // ½‖θ − c‖² has gradient θ − c; gradients are zeroed and accumulated as a training loop would.
   using S = TypeParam;
