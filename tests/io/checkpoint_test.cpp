@@ -6,7 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <limits>
+#include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace MOE_TEST_FILE_ID {
 
@@ -24,19 +29,24 @@ struct HfLayer {
   CheckpointFormat format;
   std::string prefix;
   Index num_experts = kE, d_ff = kF;
+  std::map<std::string, RowMatrix<float>> replaced{};  // name -> written instead of the generated tensor
 
   RowMatrix<float> tensor(Index rows, Index cols, std::uint64_t seed) const {
     return moe::test::random_matrix<float>(rows, cols, seed);
   }
+  void add(SafetensorsWriter& w, const std::string& name, const RowMatrix<float>& generated) const {
+    const auto it = replaced.find(name);
+    w.add(name, it == replaced.end() ? generated : it->second);
+  }
   void write_ffn(SafetensorsWriter& w, const std::string& head, Index f, std::uint64_t seed) const {
     const bool mixtral = format == CheckpointFormat::mixtral;
-    w.add(prefix + head + (mixtral ? "w1" : "gate_proj") + ".weight", tensor(f, kD, seed));
-    w.add(prefix + head + (mixtral ? "w3" : "up_proj") + ".weight", tensor(f, kD, seed + 1));
-    w.add(prefix + head + (mixtral ? "w2" : "down_proj") + ".weight", tensor(kD, f, seed + 2));
+    add(w, prefix + head + (mixtral ? "w1" : "gate_proj") + ".weight", tensor(f, kD, seed));
+    add(w, prefix + head + (mixtral ? "w3" : "up_proj") + ".weight", tensor(f, kD, seed + 1));
+    add(w, prefix + head + (mixtral ? "w2" : "down_proj") + ".weight", tensor(kD, f, seed + 2));
   }
   SafetensorsWriter writer() const {
     SafetensorsWriter w;
-    w.add(prefix + "gate.weight", tensor(num_experts, kD, 1));
+    add(w, prefix + "gate.weight", tensor(num_experts, kD, 1));
     for (Index e = 0; e < num_experts; ++e)
       write_ffn(w, "experts." + std::to_string(e) + ".", d_ff, 100 + 10 * e);
     if (format == CheckpointFormat::qwen2_moe) {
@@ -53,7 +63,7 @@ struct HfLayer {
 };
 
 // Expects load_checkpoint_layer to throw an io_error whose message holds every one of `parts`.
-void expect_io_error(const SafetensorsFile& file, CheckpointFormat format, const std::string& prefix,
+void expect_io_error(const moe::io::CheckpointFiles& file, CheckpointFormat format, const std::string& prefix,
                      std::initializer_list<std::string> parts) {
   try {
     moe::io::load_checkpoint_layer<float>(file, format, prefix);
@@ -158,6 +168,37 @@ TEST(Checkpoint, WrongShapeNamesBothShapes) {
   expect_io_error(file, CheckpointFormat::mixtral, "", {"f.safetensors", "experts.3.w1.weight", "[6, 9]", "[6, 8]"});
 }
 
+// A transposed tensor is reported against what the tensors that define the sizes say: d_model from
+// the router, d_ff from the first expert's down projection.
+TEST(Checkpoint, TransposedTensorsGetTheRightExpectation) {
+  const auto with = [](const std::string& name, RowMatrix<float> tensor) {
+    HfLayer hf{CheckpointFormat::mixtral, ""};
+    hf.replaced[name] = std::move(tensor);
+    return hf.file();
+  };
+  const HfLayer hf{CheckpointFormat::mixtral, ""};
+  expect_io_error(with("experts.0.w1.weight", hf.tensor(kD, kF, 2)), CheckpointFormat::mixtral, "",
+                  {"experts.0.w1.weight", "shape [8, 6] but expected [6, 8]", "d_ff from experts.0.w2.weight",
+                   "d_model from gate.weight"});
+  expect_io_error(with("experts.0.w2.weight", hf.tensor(kF, kD, 2)), CheckpointFormat::mixtral, "",
+                  {"experts.0.w2.weight", "shape [6, 8] but expected [8, d_ff]", "d_model from gate.weight"});
+  expect_io_error(with("gate.weight", hf.tensor(kD, kE, 2)), CheckpointFormat::mixtral, "",
+                  {"gate.weight", "shape [8, 4] but expected [4, d_model]", "4 experts found"});
+}
+
+// Weights must be finite: the first NaN or infinity is named with its tensor and element.
+TEST(Checkpoint, NonFiniteWeightsNameTheTensorAndElement) {
+  for (const bool nan : {true, false}) {
+    HfLayer hf{CheckpointFormat::qwen2_moe, "m."};
+    RowMatrix<float> bad = hf.tensor(kF, kD, 111);  // experts.1.up_proj
+    bad(2, 5) = nan ? std::numeric_limits<float>::quiet_NaN() : -std::numeric_limits<float>::infinity();
+    hf.replaced["m.experts.1.up_proj.weight"] = bad;
+    const auto file = SafetensorsFile::from_bytes(hf.writer().bytes(), "nan.safetensors");
+    expect_io_error(file, CheckpointFormat::qwen2_moe, "m.",
+                    {"nan.safetensors", "m.experts.1.up_proj.weight", "element [2, 5] is", nan ? "NaN" : "infinite"});
+  }
+}
+
 TEST(Checkpoint, InconsistentExpertCount) {
   HfLayer hf{CheckpointFormat::mixtral, ""};
   {  // the router has 5 rows for 4 experts
@@ -165,7 +206,7 @@ TEST(Checkpoint, InconsistentExpertCount) {
     w.add("gate.weight", hf.tensor(kE + 1, kD, 1));
     for (Index e = 0; e < kE; ++e) hf.write_ffn(w, "experts." + std::to_string(e) + ".", kF, 1);
     expect_io_error(SafetensorsFile::from_bytes(w.bytes(), "f"), CheckpointFormat::mixtral, "",
-                    {"gate.weight", "[5, 8]", "[4, 8]", "4 experts"});
+                    {"gate.weight", "[5, 8]", "but expected [4, d_model]", "4 experts"});
   }
   {  // experts 0, 1, 3: expert 2 is missing
     SafetensorsWriter w;
@@ -181,7 +222,7 @@ TEST(Checkpoint, FormatThatDoesNotMatchTheFile) {
   expect_io_error(mixtral, CheckpointFormat::qwen2_moe, "m.", {"m.experts.0.gate_proj.weight", "look like a mixtral"});
   const auto qwen = HfLayer{CheckpointFormat::qwen2_moe, ""}.file();
   expect_io_error(qwen, CheckpointFormat::mixtral, "", {"experts.0.w1.weight", "look like a qwen2-moe"});
-  expect_io_error(qwen, CheckpointFormat::deepseek_v2, "", {"shared_experts.gate_proj.weight", "qwen2-moe"});
+  expect_io_error(qwen, CheckpointFormat::deepseek_v2, "", {"shared_experts.down_proj.weight", "qwen2-moe"});
   const auto v3 = HfLayer{CheckpointFormat::deepseek_v3, ""}.file();
   expect_io_error(v3, CheckpointFormat::deepseek_v2, "", {"gate.e_score_correction_bias", "not part of a deepseek-v2"});
   const auto v2 = HfLayer{CheckpointFormat::deepseek_v2, ""}.file();
@@ -221,7 +262,9 @@ void expect_inference_only_load_matches(CheckpointFormat format) {
   packed.forward(x, y, work);
   EXPECT_EQ(y, expected) << moe::io::format_name(format) << " " << F::name;
   EXPECT_THROW((void)packed.experts().w1(), moe::state_error);
-  if (packed.shared()) EXPECT_THROW((void)packed.shared()->experts().w2(), moe::state_error);
+  if (packed.shared()) {
+    EXPECT_THROW((void)packed.shared()->experts().w2(), moe::state_error);
+  }
   normal.release_master_weights();
   EXPECT_EQ(packed.experts().weight_bytes(), std::as_const(normal).experts().weight_bytes());
 }
@@ -246,6 +289,85 @@ TEST(Checkpoint, AnExpertNeverPackedIsAStateError) {
   EXPECT_THROW(bank.pack_expert_up(1, w2, w1), moe::shape_error);
   EXPECT_THROW(bank.pack_expert_down(1, w1), moe::shape_error);
   EXPECT_THROW(bank.pack_expert_down(2, w2), moe::config_error);
+}
+
+}  // namespace MOE_TEST_FILE_ID
+
+namespace MOE_TEST_FILE_ID {
+
+// A layer split over two shards and an index, as Hugging Face saves large models: the gate and
+// experts 0–1 in the first shard, the rest in the second (expert 1's w2 too, so one expert spans
+// both). Returns the index's path.
+std::filesystem::path write_sharded(const moe::test::ScratchDir& dir, const HfLayer& hf, const std::string& index_json = "") {
+  const auto whole = hf.file();
+  SafetensorsWriter first, second;
+  std::string map;
+  for (const auto& name : whole.names()) {
+    const bool in_first = name.find("gate.") != std::string::npos || name.find("experts.0.") != std::string::npos ||
+                          (name.find("experts.1.") != std::string::npos && name.find("w2") == std::string::npos);
+    (in_first ? first : second).add(name, whole.read<float>(name), whole.info(name).shape);
+    map += std::string(map.empty() ? "" : ",") + "\"" + name + "\":\"" +
+           (in_first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors") + "\"";
+  }
+  first.write(dir / "model-00001-of-00002.safetensors");
+  second.write(dir / "model-00002-of-00002.safetensors");
+  const std::string json = index_json.empty() ? "{\"metadata\":{\"total_size\":0},\"weight_map\":{" + map + "}}" : index_json;
+  moe::test::write_bytes(dir / "model.safetensors.index.json", moe::test::to_bytes(json));
+  return dir / "model.safetensors.index.json";
+}
+
+TEST(CheckpointFiles, AShardedLayerLoadsAsTheSingleFileDoes) {
+  const HfLayer hf{CheckpointFormat::mixtral, "model.layers.10.block_sparse_moe."};
+  moe::test::ScratchDir dir;
+  const auto index = write_sharded(dir, hf);
+  const auto single = moe::io::load_checkpoint_layer<float>(hf.file(), CheckpointFormat::mixtral, hf.prefix);
+  for (const auto& path : {index, dir.path()}) {
+    const auto files = moe::io::CheckpointFiles::open(path);
+    EXPECT_EQ(files.origin(), index.string());
+    EXPECT_EQ(files.origin(hf.prefix + "experts.3.w1.weight"), (dir / "model-00002-of-00002.safetensors").string());
+    const auto sharded = moe::io::load_checkpoint_layer<float>(files, CheckpointFormat::mixtral, hf.prefix);
+    EXPECT_EQ(sharded.gate().router().weight(), single.gate().router().weight());
+    for (Index e = 0; e < kE; ++e) {
+      EXPECT_EQ(RowMatrix<float>(sharded.experts().w1()[e]), RowMatrix<float>(single.experts().w1()[e])) << e;
+      EXPECT_EQ(RowMatrix<float>(sharded.experts().w2()[e]), RowMatrix<float>(single.experts().w2()[e])) << e;
+    }
+  }
+  // A directory with model.safetensors and no index: that one file.
+  moe::test::ScratchDir plain;
+  hf.writer().write(plain / "model.safetensors");
+  EXPECT_EQ(moe::io::CheckpointFiles::open(plain.path()).origin(), (plain / "model.safetensors").string());
+}
+
+TEST(CheckpointFiles, ErrorsNameTheShardAndTheTensor) {
+  HfLayer hf{CheckpointFormat::mixtral, ""};
+  hf.replaced["experts.3.w3.weight"] = hf.tensor(kF, kD + 1, 1);
+  moe::test::ScratchDir dir;
+  const auto files = moe::io::CheckpointFiles::open(write_sharded(dir, hf));
+  expect_io_error(files, CheckpointFormat::mixtral, "", {"model-00002-of-00002.safetensors", "experts.3.w3.weight", "[6, 9]"});
+}
+
+TEST(CheckpointFiles, ACorruptIndexIsAnIoErrorNamingIt) {
+  const HfLayer hf{CheckpointFormat::mixtral, ""};
+  const std::string one = R"("experts.0.w1.weight":"model-00001-of-00002.safetensors")";
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {R"({"weight_map":{"gate.weight":"model-00009-of-00009.safetensors"}})",
+       {"shard 'model-00009-of-00009.safetensors' of tensor 'gate.weight' is not a file"}},
+      {R"({"weight_map":{)" + one + "," + one + "}}", {"appears twice"}},
+      {R"({"weight_map":{"experts.0.w1.weight":"model-00002-of-00002.safetensors"}})",
+       {"tensor 'experts.0.w1.weight' is listed in shard 'model-00002-of-00002.safetensors', which has no such tensor"}},
+      {R"({"metadata":{}})", {"\"weight_map\""}},
+      {R"({"weight_map":{"gate.weight":"../model-00001-of-00002.safetensors"}})", {"a file name beside the index"}},
+      {R"({"weight_map":{"gate.weight":3}})", {"a file name beside the index"}},
+      {"not json", {"JSON"}},
+  };
+  for (const auto& [json, parts] : cases) {
+    SCOPED_TRACE(json);
+    moe::test::ScratchDir dir;
+    const auto index = write_sharded(dir, hf, json);
+    const std::string message = moe::test::io_error_of([&] { moe::io::CheckpointFiles::open(index); });
+    EXPECT_NE(message.find(index.string()), std::string::npos) << message;
+    for (const auto& part : parts) EXPECT_NE(message.find(part), std::string::npos) << message << "\n  lacks: " << part;
+  }
 }
 
 }  // namespace MOE_TEST_FILE_ID

@@ -31,11 +31,13 @@
 #include "moe/errors.hpp"
 #include "moe/experts/gated.hpp"
 #include "moe/gating/top_k_gate.hpp"
+#include "moe/io/checkpoint_files.hpp"
 #include "moe/io/checkpoint_format.hpp"
 #include "moe/io/safetensors.hpp"
 #include "moe/layer/shared_experts.hpp"
 #include "moe/layer/sparse_moe.hpp"
 
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <set>
@@ -57,12 +59,14 @@ namespace moe::detail {
 // Reads the tensors of one layer under a prefix, remembering which it used.
 class LayerTensors {
  public:
-  LayerTensors(const io::SafetensorsFile& file, std::string prefix, io::CheckpointFormat format)
+  LayerTensors(const io::CheckpointFiles& file, std::string prefix, io::CheckpointFormat format)
       : file_(file), prefix_(std::move(prefix)), format_(format) {}
 
+  // io_error "<the file holding it>: tensor '<prefix><relative>': <what>".
   template <class... Parts>
   [[noreturn]] void fail(std::string_view relative, const Parts&... what) const {
-    moe::detail::raise(io_error(concat(file_.origin(), ": tensor '", prefix_, relative, "': ", what...)));
+    const std::string name = prefix_ + std::string(relative);
+    moe::detail::raise(io_error(concat(file_.origin(name), ": tensor '", name, "': ", what...)));
   }
 
   bool has(std::string_view relative) const { return file_.contains(prefix_ + std::string(relative)); }
@@ -77,6 +81,8 @@ class LayerTensors {
     return s;
   }
 
+  // out = the tensor, which must have the shape `expected` (why: where that comes from) and hold
+  // only finite values (io_error naming the first element that is not).
   template <class Dst>
   void read(std::string_view relative, const std::vector<Index>& expected, Dst&& out, std::string_view why) {
     if (const auto& s = shape(relative, expected.size()); s != expected)
@@ -84,6 +90,12 @@ class LayerTensors {
     const std::string name = prefix_ + std::string(relative);
     file_.read_into(name, out);
     used_.insert(name);
+    if (out.allFinite()) return;
+    for (Index r = 0; r < out.rows(); ++r)
+      for (Index c = 0; c < out.cols(); ++c)
+        if (!std::isfinite(out(r, c)))
+          fail(relative, "element [", r, ", ", c, "] is ", std::isnan(out(r, c)) ? "NaN" : "infinite",
+               ": the weights must be finite");
   }
   void release(std::string_view relative) const { file_.release(prefix_ + std::string(relative)); }
 
@@ -96,7 +108,7 @@ class LayerTensors {
       const std::size_t dot = name.find('.', head.size());
       const std::string id = name.substr(head.size(), dot == std::string::npos ? std::string::npos : dot - head.size());
       if (id.empty() || id.size() > 9 || id.find_first_not_of("0123456789") != std::string::npos)
-        MOE_THROW(io_error(concat(file_.origin(), ": tensor '", name, "': expected '", head,
+        MOE_THROW(io_error(concat(file_.origin(name), ": tensor '", name, "': expected '", head,
                                                "<expert id>.…'")));
       ids.insert(std::stoll(id));
     }
@@ -115,7 +127,7 @@ class LayerTensors {
   void check_all_used() const {
     for (const auto& name : file_.names())
       if (name.starts_with(prefix_) && !used_.contains(name))
-        MOE_THROW(io_error(concat(file_.origin(), ": tensor '", name, "': not part of a ",
+        MOE_THROW(io_error(concat(file_.origin(name), ": tensor '", name, "': not part of a ",
                                                io::format_name(format_), " layer", hint())));
   }
 
@@ -132,7 +144,7 @@ class LayerTensors {
     return concat(" (prefix '", prefix_, "')");
   }
 
-  const io::SafetensorsFile& file_;
+  const io::CheckpointFiles& file_;
   std::string prefix_;
   io::CheckpointFormat format_;
   std::set<std::string> used_;
@@ -155,7 +167,13 @@ SwiGluExpert<S, F> read_swiglu_bank(LayerTensors& in, const std::string& head, I
   auto name = [&](Index e, const std::string& w) {
     return single ? head + w + ".weight" : concat(head, e, ".", w, ".weight");
   };
-  const Index d_ff = in.shape(name(0, w1), 2)[0];
+  // d_model comes from the router (gate.weight), d_ff from the first expert's down projection.
+  const auto& down = in.shape(name(0, w2), 2);
+  if (down[0] != d_model)
+    in.fail(name(0, w2), "shape ", io::shape_text(down), " but expected [", d_model,
+            ", d_ff] ([d_model, d_ff], d_model from gate.weight)");
+  const Index d_ff = down[1];
+  const std::string from = concat("d_ff from ", name(0, w2), ", d_model from gate.weight");
   const ExpertConfig config{.num_experts = num_experts, .d_model = d_model, .d_ff = d_ff, .init = Init::zeros};
   auto bank = inference_only ? SwiGluExpert<S, F>::without_masters(config) : SwiGluExpert<S, F>(config);
   // inference_only: one expert's w1 and w3 (then w2, in w1's place), packed and dropped in turn.
@@ -166,18 +184,18 @@ SwiGluExpert<S, F> read_swiglu_bank(LayerTensors& in, const std::string& head, I
     in.release(name(e, w));
   };
   for (Index e = 0; e < num_experts; ++e) {
-    const std::string why = concat("[d_ff, d_model], d_ff from ", name(0, w1));
+    const std::string up = concat("[d_ff, d_model], ", from), down_why = concat("[d_model, d_ff], ", from);
     if (!inference_only) {
-      read(e, w1, {d_ff, d_model}, bank.w1()[e], why);
-      read(e, w3, {d_ff, d_model}, bank.w3()[e], "[d_ff, d_model]");
-      read(e, w2, {d_model, d_ff}, bank.w2()[e], "[d_model, d_ff]");
+      read(e, w1, {d_ff, d_model}, bank.w1()[e], up);
+      read(e, w3, {d_ff, d_model}, bank.w3()[e], up);
+      read(e, w2, {d_model, d_ff}, bank.w2()[e], down_why);
       continue;
     }
-    read(e, w1, {d_ff, d_model}, one_w1, why);
-    read(e, w3, {d_ff, d_model}, one_w3, "[d_ff, d_model]");
+    read(e, w1, {d_ff, d_model}, one_w1, up);
+    read(e, w3, {d_ff, d_model}, one_w3, up);
     bank.pack_expert_up(e, one_w1, one_w3);
     Eigen::Map<RowMatrix<S>> one_w2(one_w1.data(), d_model, d_ff);
-    read(e, w2, {d_model, d_ff}, one_w2, "[d_model, d_ff]");
+    read(e, w2, {d_model, d_ff}, one_w2, down_why);
     bank.pack_expert_down(e, one_w2);
   }
   return bank;
@@ -188,23 +206,27 @@ SwiGluExpert<S, F> read_swiglu_bank(LayerTensors& in, const std::string& head, I
 namespace moe::io {
 
 // One MoE layer of `format` under `prefix` (e.g. "model.layers.3.block_sparse_moe."), in S, its
-// experts' weights in format F.
+// experts' weights in format F, from one safetensors file or a sharded checkpoint.
 //   ensures: a layer in inference mode; shared() is set for qwen2-moe and deepseek-*, null for mixtral;
 //            with options.inference_only, its experts hold only their packed weights.
 //   throws:  io_error (file, tensor, expectation) for anything the file lacks or holds wrongly;
 //            config_error when the options do not fit the file (e.g. top_k > num_experts).
 template <class S, class F = kernels::NativeFormat<S>>
-CheckpointLayer<S, F> load_checkpoint_layer(const SafetensorsFile& file, CheckpointFormat format,
+CheckpointLayer<S, F> load_checkpoint_layer(const CheckpointFiles& file, CheckpointFormat format,
                                             const std::string& prefix = "", const CheckpointOptions& options = {}) {
   moe::detail::LayerTensors in(file, prefix, format);
   const bool hf_names = format != CheckpointFormat::mixtral;
   const Index E = in.count_experts();
   // Fail on the format's first expert tensor before anything else: that names a wrong format.
   in.shape(moe::detail::first_expert_tensor(format), 2);
-  const Index d = in.shape("gate.weight", 2)[1];
+  const std::string experts_found = moe::detail::concat(E, " experts found under the prefix");
+  const auto& gate_shape = in.shape("gate.weight", 2);
+  if (gate_shape[0] != E)
+    in.fail("gate.weight", "shape ", shape_text(gate_shape), " but expected [", E, ", d_model] ([num_experts, d_model], ",
+            experts_found, ")");
+  const Index d = gate_shape[1];
   RowMatrix<S> gate_weight(E, d);
-  in.read("gate.weight", {E, d}, gate_weight,
-          moe::detail::concat("[num_experts, d_model], ", E, " experts found under the prefix"));
+  in.read("gate.weight", {E, d}, gate_weight, moe::detail::concat("[num_experts, d_model], ", experts_found));
   Vector<S> selection_bias;
   if (format == CheckpointFormat::deepseek_v3) {
     selection_bias.resize(E);
@@ -233,7 +255,7 @@ CheckpointLayer<S, F> load_checkpoint_layer(const SafetensorsFile& file, Checkpo
 // The dtype in which the file stores the layer's expert weights (its first expert's first
 // projection): what to choose the experts' format by, e.g. Bf16 for a BF16 file.
 //   throws: io_error, as load_checkpoint_layer, when the layer has no such tensor.
-inline Dtype expert_dtype(const SafetensorsFile& file, CheckpointFormat format, const std::string& prefix = "") {
+inline Dtype expert_dtype(const CheckpointFiles& file, CheckpointFormat format, const std::string& prefix = "") {
   const moe::detail::LayerTensors in(file, prefix, format);
   const std::string first = moe::detail::first_expert_tensor(format);
   in.shape(first, 2);
