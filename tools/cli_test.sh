@@ -35,12 +35,15 @@ check "--help prints to stdout only" test ! -s "$work/err"
 expect 2 "--top-k: '0' but expected at least 1" -- "${layer[@]}" --output "$work/y.npy" --top-k 0
 expect 2 "--tolerance: '-1' but expected a finite number >= 0" -- "${layer[@]}" --output "$work/y.npy" --tolerance -1
 expect 2 '--output is the same file as --input' -- "${layer[@]}" --output "$fixtures/mixtral_x.npy"
+expect 2 '--dx-output needs --backward' -- "${layer[@]}" --output "$work/y.npy" --dx-output "$work/dx.npy"
+expect 2 '--grad-output is the same file as --weights' -- "${layer[@]}" --output "$work/y.npy" \
+  --backward "$fixtures/mixtral_c.npy" --grad-output "$fixtures/mixtral.safetensors"
 ln -s "$fixtures/mixtral.safetensors" "$work/weights_link"
 expect 2 '--output is the same file as --weights' -- "${layer[@]}" --output "$work/weights_link"
 check "the weights are untouched" test -L "$work/weights_link"
 
 # A failed --check says why and writes nothing.
-expect 1 'check failed: .* exceeds the tolerance 1e-09; .*y.npy not written' -- "${layer[@]}" --output "$work/y.npy" \
+expect 1 'check of y failed: .* exceeds the tolerance 1e-09; nothing written' -- "${layer[@]}" --output "$work/y.npy" \
   --dtype bf16 --check "$fixtures/mixtral_y.npy" --tolerance 1e-9
 check "a failed --check leaves no output" test ! -e "$work/y.npy"
 

@@ -22,6 +22,8 @@ Writes into tests/parity/fixtures/ (run from anywhere; needs torch and numpy, th
   mixtral_c.npy               c of L = sum(y * c)
   mixtral_dx.npy              dL/dx
   mixtral_grads.safetensors   dL/dθ, named "grad." + the HF name
+  qwen2_moe_dx.npy, qwen2_moe_grads.safetensors, deepseek_v3_dx.npy, deepseek_v3_grads.safetensors
+                              the same for those layers (L = sum(y * c) with mixtral_c.npy)
   mixtral_bf16_reference_y.npy  the first Mixtral layer in float64 on its expert weights rounded to bf16
   mixtral_bf16_torch_y.npy      the same layer as PyTorch's bf16 module computes it
 """
@@ -147,6 +149,18 @@ def hf_expert_tensors(prefix, experts, names):
     return out
 
 
+def save_gradients(name, x, c, tensors, block):
+    """<name>_y.npy = block(x), and for L = sum(y * c): <name>_dx.npy and <name>_grads.safetensors
+    (every tensor with a gradient, named "grad." + its HF name; the selection bias has none)."""
+    x = x.clone().requires_grad_()
+    y = block(x)
+    save_npy(f"{name}_y.npy", y)
+    (y * c).sum().backward()
+    save_npy(f"{name}_dx.npy", x.grad)
+    grads = {"grad." + n: t.grad for n, t in tensors.items() if t.grad is not None}
+    write_safetensors(OUT / f"{name}_grads.safetensors", grads)
+
+
 def main():
     OUT.mkdir(exist_ok=True)
     gen = torch.Generator().manual_seed(20240517)
@@ -186,7 +200,7 @@ def main():
         tensors[f"{prefix}shared_expert.{name}.weight"] = w
     write_safetensors(OUT / "qwen2_moe.safetensors", tensors)
     save_npy("qwen2_moe_x.npy", x)
-    save_npy("qwen2_moe_y.npy", qwen2_moe_block(x, gate, experts, shared, shared_gate))
+    save_gradients("qwen2_moe", x, c, tensors, lambda x: qwen2_moe_block(x, gate, experts, shared, shared_gate))
 
     # DeepSeek-V3: top_k 3, n_group 4, topk_group 2, scale 2.5, two shared experts as one FFN.
     gate = param(gen, E, D_MODEL, fan_in=D_MODEL)
@@ -199,8 +213,9 @@ def main():
         tensors[f"{prefix}shared_experts.{name}.weight"] = w
     write_safetensors(OUT / "deepseek_v3.safetensors", tensors)
     save_npy("deepseek_v3_x.npy", x)
-    save_npy("deepseek_v3_y.npy",
-             deepseek_v3_block(x, gate, bias, experts, shared, top_k=3, n_group=4, topk_group=2, scale=2.5))
+    save_gradients("deepseek_v3", x, c, tensors,
+                   lambda x: deepseek_v3_block(x, gate, bias, experts, shared, top_k=3, n_group=4, topk_group=2,
+                                               scale=2.5))
 
     # The first Mixtral layer with bf16 expert weights: the float64 reference on the expert
     # weights rounded to bf16 (the router stays float32, as in the library's bf16 layers), and
