@@ -11,6 +11,8 @@ at the chosen thread count:
     naive     BM_Naive_Forward/...                          the per-expert loop, written with Eigen
     dense     BM_DenseGemm/<shape>/T:<T>/threads:<n>        dense GEMMs of the same FLOPs (if present)
     PyTorch   Torch_Forward/...                              peers/torch_moe.py
+and, where the inputs have them, the bf16 cases (names ending /w:bf16) of ours and PyTorch as dashed
+lines of the same colours,
 and a dashed horizontal line at the fp32 FMA peak: the GFLOPS counter of BM_Machine_FmaPeak/threads:<n>
 if an input has it, else --peak. Aggregates other than the median are ignored; when several entries
 name the same benchmark (several files, repetitions without aggregates) their median is drawn.
@@ -35,8 +37,11 @@ SERIES = (
     ("naive", "naive per-expert loop (Eigen)", "#e07b00", None, "square"),
     ("dense", "dense GEMM, same FLOPs", "#7f7f7f", "2 3", "diamond"),
     ("torch", "PyTorch + OpenBLAS (HF loop)", "#c0282d", None, "triangle"),
+    ("ours_bf16", "ours, bf16 weights", "#1f5fbf", "6 3", "circle"),
+    ("torch_bf16", "PyTorch bf16 (oneDNN)", "#c0282d", "6 3", "triangle"),
 )
-NAME = re.compile(r"^(?P<family>[A-Za-z0-9_]+)/(?P<shape>[a-z0-9.-]+)/T:(?P<tokens>\d+)/threads:(?P<threads>\d+)$")
+NAME = re.compile(r"^(?P<family>[A-Za-z0-9_]+)/(?P<shape>[a-z0-9.-]+)/T:(?P<tokens>\d+)/threads:(?P<threads>\d+)"
+                  r"(?P<bf16>/w:bf16)?$")
 PEAK = re.compile(r"^BM_Machine_FmaPeak/threads:(?P<threads>\d+)$")
 
 
@@ -90,8 +95,10 @@ def load(paths, mode, threads):
             if not match or int(match["threads"]) != threads:
                 continue
             key = family_key(match["family"], mode)
-            if key is None:
+            if key is None or (match["bf16"] and key not in ("ours", "torch")):
                 continue
+            if match["bf16"]:
+                key += "_bf16"
             data.setdefault(key, {}).setdefault(match["shape"], {}).setdefault(int(match["tokens"]), []).append(
                 float(entry["GFLOPS"]))
     return data, peaks, contexts

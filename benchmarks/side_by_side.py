@@ -11,6 +11,9 @@ For each selected case (shape, T, mode, threads) it runs, one after the other:
            is included when the binary has it (--benchmark_list_tests says which benchmarks exist).
   * torch: OPENBLAS_CORETYPE=SkylakeX OPENBLAS_NUM_THREADS=<n> /usr/bin/python3 torch_moe.py for the same
            case, --repetitions R, reporting the median of the repetitions' medians.
+--weights f32,bf16 runs each case with fp32 weights (ours BM_Layer_<Mode>/<case>, torch in float32) and
+with bf16 weights (ours BM_Layer_<Mode>/<case>/w:bf16, torch after .to(torch.bfloat16)); the naive
+baseline runs with fp32 only.
 The order of the two alternates from one run of a pair to the next (ours first, then torch first, ...),
 so that a slow drift of the shared machine does not always hit the same side. --rounds N runs each case's
 pair N times (alternating) and keeps the median of the rounds.
@@ -70,13 +73,16 @@ def list_tests(bench):
     return names
 
 
-def case_suffix(shape, tokens, threads):
-    return f"{shape}/T:{tokens}/threads:{threads}"
+WEIGHTS = {"f32": ("", "float32"), "bf16": ("/w:bf16", "bfloat16")}  # bench_layer suffix, torch dtype
 
 
-def run_ours(args, families, shape, tokens, threads):
+def case_suffix(shape, tokens, threads, weights="f32"):
+    return f"{shape}/T:{tokens}/threads:{threads}{WEIGHTS[weights][0]}"
+
+
+def run_ours(args, families, shape, tokens, threads, weights):
     """Median aggregates of the given benchmark families for one case: {family: entry}, context."""
-    pattern = f"^({'|'.join(families)})/{case_suffix(shape, tokens, threads)}/"
+    pattern = f"^({'|'.join(families)})/{case_suffix(shape, tokens, threads, weights)}/real_time$"
     command = [args.bench, f"--benchmark_filter={pattern}", "--benchmark_format=json",
                f"--benchmark_repetitions={args.repetitions}", "--benchmark_report_aggregates_only=true",
                f"--benchmark_min_time={args.min_time}"]
@@ -99,14 +105,14 @@ def run_ours(args, families, shape, tokens, threads):
     return found, doc.get("context", {})
 
 
-def run_torch(args, shape, tokens, mode, threads):
+def run_torch(args, shape, tokens, mode, threads, weights):
     """The torch entry for one case with `threads` threads (None when torch is missing), and its context."""
     env = dict(os.environ, OPENBLAS_CORETYPE="SkylakeX", OPENBLAS_NUM_THREADS=str(threads))
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = tmp.name
     command = [args.python, args.torch_script, f"--shapes={shape}", f"--tokens={tokens}",
                f"--modes={mode}", f"--threads={threads}", f"--repetitions={args.repetitions}",
-               f"--min-time={args.min_time}", f"--out={out}"]
+               f"--min-time={args.min_time}", f"--dtype={WEIGHTS[weights][1]}", f"--out={out}"]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, env=env)
         for line in proc.stderr.splitlines():
@@ -121,11 +127,11 @@ def run_torch(args, shape, tokens, mode, threads):
     return (entries[0] if entries else None), doc.get("context", {})
 
 
-def run_torch_best(args, shape, tokens, mode, threads):
+def run_torch_best(args, shape, tokens, mode, threads, weights):
     counts = range(1, threads + 1) if args.torch_best_threads else [threads]
     best, context = None, {}
     for n in counts:
-        entry, context = run_torch(args, shape, tokens, mode, n)
+        entry, context = run_torch(args, shape, tokens, mode, n, weights)
         if entry is None:
             return None, context
         entry["torch_threads"] = n
@@ -133,7 +139,7 @@ def run_torch_best(args, shape, tokens, mode, threads):
             best = entry
     if best is not None and args.torch_best_threads:
         # Named after the case it is compared with; torch_threads tells how many threads it used.
-        best["name"] = best["run_name"] = f"Torch_{MODES[mode]}/{case_suffix(shape, tokens, threads)}"
+        best["name"] = best["run_name"] = f"Torch_{MODES[mode]}/{case_suffix(shape, tokens, threads, weights)}"
     return best, context
 
 
@@ -156,11 +162,12 @@ def selected_cases(args, available):
         for mode in args.modes:
             for tokens in args.tokens:
                 for threads in args.threads:
-                    ours = f"BM_Layer_{MODES[mode]}/{case_suffix(shape, tokens, threads)}"
-                    if ours in available:
-                        cases.append((shape, tokens, mode, threads))
-                    else:
-                        missing.append(ours)
+                    for weights in args.weights:
+                        ours = f"BM_Layer_{MODES[mode]}/{case_suffix(shape, tokens, threads, weights)}"
+                        if ours in available:
+                            cases.append((shape, tokens, mode, threads, weights))
+                        else:
+                            missing.append(ours)
     return cases, missing
 
 
@@ -173,14 +180,14 @@ def fmt(value, digits=3):
 
 
 def markdown_table(rows):
-    lines = ["| shape | T | mode | threads | ours ms | naive ms | torch ms | ours GFLOP/s | torch/ours | GB/s |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| shape | T | mode | threads | weights | ours ms | naive ms | torch ms | ours GFLOP/s | torch/ours | GB/s |",
+             "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         torch_ms = fmt(r["torch_ms"])
         if r["torch_ms"] is not None and r.get("torch_threads") not in (None, r["threads"]):
             torch_ms += f" ({r['torch_threads']}t)"
         speedup = f"{r['speedup']:.2f}×" if r["speedup"] is not None else "—"
-        lines.append(f"| {r['shape']} | {r['tokens']} | {r['mode']} | {r['threads']} | {fmt(r['ours_ms'])} | "
+        lines.append(f"| {r['shape']} | {r['tokens']} | {r['mode']} | {r['threads']} | {r['weights']} | {fmt(r['ours_ms'])} | "
                      f"{fmt(r['naive_ms'])} | {torch_ms} | {fmt(r['ours_gflops'])} | {speedup} | "
                      f"{fmt(r['ours_gbps'])} |")
     return "\n".join(lines)
@@ -199,6 +206,7 @@ def parse_args(argv):
     p.add_argument("--tokens", type=csv(int), default=list(TOKENS), help="comma list of T (default 1,16,128,1024)")
     p.add_argument("--threads", type=csv(int), default=[1], help="comma list (default 1)")
     p.add_argument("--modes", type=csv(str), default=["forward"], help="forward,forward_backward (default forward)")
+    p.add_argument("--weights", type=csv(str), default=["f32"], help="f32,bf16 (default f32)")
     p.add_argument("--repetitions", type=int, default=3, help="repetitions per process, median kept (default 3)")
     p.add_argument("--min-time", type=float, default=0.1, help="seconds per repetition (default 0.1)")
     p.add_argument("--rounds", type=int, default=1, help="run each case's pair this many times (default 1)")
@@ -213,6 +221,9 @@ def parse_args(argv):
     for m in args.modes:
         if m not in MODES:
             p.error(f"unknown mode {m!r}; known: {', '.join(MODES)}")
+    for w in args.weights:
+        if w not in WEIGHTS:
+            p.error(f"unknown weights {w!r}; known: {', '.join(WEIGHTS)}")
     if args.repetitions < 1 or args.rounds < 1:
         p.error("--repetitions and --rounds must be >= 1")
     if not os.access(args.bench, os.X_OK):
@@ -235,8 +246,8 @@ def main(argv):
     rows, benchmarks = [], []
     torch_available = not args.no_torch
     turn = 0  # alternates which side runs first
-    for shape, tokens, mode, threads in cases:
-        suffix = case_suffix(shape, tokens, threads)
+    for shape, tokens, mode, threads, weights in cases:
+        suffix = case_suffix(shape, tokens, threads, weights)
         families = [f"BM_Layer_{MODES[mode]}"]
         if f"BM_Naive_{MODES[mode]}/{suffix}" in available:
             families.append(f"BM_Naive_{MODES[mode]}")
@@ -248,13 +259,13 @@ def main(argv):
             for side in sides:
                 if side == "ours":
                     log(f"ours  {mode} {suffix}")
-                    found, ours_context = run_ours(args, families, shape, tokens, threads)
+                    found, ours_context = run_ours(args, families, shape, tokens, threads, weights)
                     for family in families:
                         if family in found:
                             per_family[family].append(found[family])
                 elif torch_available:
                     log(f"torch {mode} {suffix}")
-                    entry, context = run_torch_best(args, shape, tokens, mode, threads)
+                    entry, context = run_torch_best(args, shape, tokens, mode, threads, weights)
                     if context:
                         torch_context = context
                     if entry is None:
@@ -273,7 +284,7 @@ def main(argv):
                 entry["name"] = entry.get("run_name", entry["name"])  # drop the _median suffix
             benchmarks.append(entry)
         row = {
-            "shape": shape, "tokens": tokens, "mode": mode, "threads": threads,
+            "shape": shape, "tokens": tokens, "mode": mode, "threads": threads, "weights": weights,
             "ours_ms": ours["real_time"] if ours else None,
             "naive_ms": naive["real_time"] if naive else None,
             "torch_ms": torch["real_time"] if torch else None,

@@ -33,6 +33,7 @@ for mutant in "${mutants[@]}"; do
     echo "caught: $what"
   fi
   mv "$file.orig" "$file"
+  touch "$file"  # newer than the mutant's objects, so that the next build recompiles what used it
 done
 cmake --build "$build" -j 2 >/dev/null 2>&1
 echo "$survivors of ${#mutants[@]} mutants survived"

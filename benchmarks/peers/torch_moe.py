@@ -34,6 +34,11 @@ The block (HF transformers' MixtralSparseMoeBlock, written out here):
     shared   deepseek-moe only: 2 shared SwiGLU experts of d_ff 1408 each, applied densely to every
              token and added to the output (like bench_layer). The counters leave them out.
 
+--dtype bfloat16: the block after .to(torch.bfloat16), inputs in bf16 (softmax still in float32, the
+routing weights cast back to bf16 before index_add_, as HF does); names gain "/w:bf16" as bench_layer's
+bf16 cases, GBps counts 2 bytes per weight. PyTorch's bf16 matmuls use oneDNN (AMX or AVX512-BF16 where
+the CPU has them).
+
 Modes: `forward` under torch.inference_mode; `forward_backward`: forward with autograd, then
 loss = (y * dy).sum() and loss.backward() into every weight (router included) and x. Gradients
 accumulate across iterations (never zeroed), as bench_layer's do.
@@ -260,23 +265,24 @@ def cases(args):
                 if shape in DECODE_ONLY and t not in DECODE_ONLY[shape]:
                     continue
                 for n in args.threads:
-                    name = f"{MODES[mode]}/{shape}/T:{t}/threads:{n}"
+                    name = f"{MODES[mode]}/{shape}/T:{t}/threads:{n}" + ("/w:bf16" if args.dtype == "bfloat16" else "")
                     if args.filter is None or re.search(args.filter, name):
                         out.append((name, shape, t, mode, n))
     return out
 
 
-def make_inputs(torch, shape, num_tokens):
+def make_inputs(torch, shape, num_tokens, dtype):
     d_model = SHAPES[shape][0]
     generator = torch.Generator().manual_seed(1000 + num_tokens)
-    batches = [torch.empty(num_tokens, d_model).uniform_(-1.0, 1.0, generator=generator)
+    batches = [torch.empty(num_tokens, d_model).uniform_(-1.0, 1.0, generator=generator).to(dtype)
                for _ in range(NUM_BATCHES)]
-    d_y = torch.empty(num_tokens, d_model).uniform_(-1.0, 1.0, generator=generator)
+    d_y = torch.empty(num_tokens, d_model).uniform_(-1.0, 1.0, generator=generator).to(dtype)
     return batches, d_y
 
 
 def run_case(torch, model, shape, num_tokens, mode, args, evict_buffer):
-    batches, d_y = make_inputs(torch, shape, num_tokens)
+    dtype = getattr(torch, args.dtype)
+    batches, d_y = make_inputs(torch, shape, num_tokens, dtype)
     if mode == "forward":
         def step(x):
             with torch.inference_mode():
@@ -350,7 +356,8 @@ def run_case(torch, model, shape, num_tokens, mode, args, evict_buffer):
         "min_ms": min(all_times) * 1e3,
     }
     if mode == "forward":
-        result["GBps"] = expert_params(shape) * 4.0 * touched / iterations / seconds * 1e-9
+        bytes_per_weight = 2.0 if args.dtype == "bfloat16" else 4.0
+        result["GBps"] = expert_params(shape) * bytes_per_weight * touched / iterations / seconds * 1e-9
     if evict:
         result["cache_evicted"] = True
     return result
@@ -371,6 +378,8 @@ def parse_args(argv):
     p.add_argument("--repetitions", type=int, default=1, help="report the median of this many repetitions")
     p.add_argument("--no-evict", action="store_true", help="don't evict the caches between decode iterations")
     p.add_argument("--list", action="store_true", help="print the selected benchmark names and exit")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="the block's weights and activations (default float32)")
     p.add_argument("--out", default=None, help="write the JSON here instead of stdout")
     args = p.parse_args(argv)
     for s in args.shapes:
@@ -392,6 +401,7 @@ def main(argv):
             print(name)
         return 0
     context = base_context()
+    context["dtype"] = args.dtype
     try:
         import torch
     except ImportError as error:
@@ -427,7 +437,7 @@ def main(argv):
             gc.collect()
             start = time.perf_counter()
             torch.manual_seed(0)
-            model = build_model(torch, shape)
+            model = build_model(torch, shape).to(getattr(torch, args.dtype))
             model_shape = shape
             gb = expert_params(shape) * 4 * SHAPES[shape][2] * 1e-9
             print(f"torch_moe.py: built {shape} ({gb:.2f} GB of routed weights) in "
