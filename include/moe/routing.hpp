@@ -48,6 +48,15 @@ struct RoutingPlan {
     return expert(t, j) != kEmptySlot && dropped(t, j) == 0;
   }
 
+  // The slots of tokens [first, first + count) of `from` (experts, weights, drops; no logits or
+  // scores): the part of a routed batch that one chunk of a forward sends to the experts.
+  void assign_slots(const RoutingPlan& from, Index first, Index count) {
+    num_experts = from.num_experts;
+    expert = from.expert.middleRows(first, count);
+    weight = from.weight.middleRows(first, count);
+    dropped = from.dropped.middleRows(first, count);
+  }
+
   // Sizes every array for T tokens, k slots and E experts; slots start empty and not dropped.
   void reset(Index num_tokens, Index slots, Index experts) {
     num_experts = experts;

@@ -161,11 +161,9 @@ TYPED_TEST(RoutingStatsTest, HandMadePlan) {
   plan.scores << S(0.5), S(0.5), S(0), S(0),     // ln 2
       S(0.25), S(0.25), S(0.25), S(0.25),        // ln 4
       S(1), S(1), S(0), S(0);                    // not normalised (sigmoid-like): ln 2
-  DispatchPlan dispatch;
-  kernels::build_dispatch(plan, dispatch);
   RoutingStats stats;
   stats.tokens_per_expert.assign(9, 99);  // stale contents must be replaced
-  compute_routing_stats(plan, dispatch, stats);
+  compute_routing_stats(plan, stats);
   EXPECT_EQ(stats.num_tokens, 3);
   EXPECT_EQ(stats.assignments, 4);
   EXPECT_EQ(stats.dropped, 1);

@@ -13,6 +13,7 @@
 // can, and says so in `scaled`; otherwise `out` is unscaled and combine applies the weights.
 #pragma once
 
+#include "moe/detail/scratch.hpp"
 #include "moe/types.hpp"
 
 #include <algorithm>
@@ -65,15 +66,12 @@ class ExpertBatch {
   // Sizes `rows` and `out` for num_rows() rows of d_model columns; they only grow, so a steady state
   // does not allocate.
   void reserve(Index d_model) {
-    grow(rows, broadcast_ ? 0 : num_rows(), d_model);
-    grow(out, num_rows(), d_model);
+    detail::grow_rows(rows, broadcast_ ? 0 : num_rows(), d_model);
+    detail::grow_rows(out, num_rows(), d_model);
   }
 
  private:
   using Input = Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>>;
-  static void grow(RowMatrix<S>& m, Index n, Index cols) {
-    if (m.rows() < n || m.cols() != cols) m.resize(std::max(n, m.rows()), cols);
-  }
 
   const S* broadcast_ = nullptr;
   Index broadcast_rows_ = 0, broadcast_cols_ = 0, broadcast_stride_ = 0;

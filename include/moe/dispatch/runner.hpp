@@ -15,6 +15,7 @@
 #include "moe/concepts.hpp"
 #include "moe/detail/aligned_allocator.hpp"
 #include "moe/detail/parallel.hpp"
+#include "moe/detail/scratch.hpp"
 #include "moe/dispatch/expert_batch.hpp"
 #include "moe/experts/packed_expert.hpp"
 #include "moe/isa.hpp"
@@ -272,11 +273,12 @@ class ExpertRunner {
   }
 
   Index tile_rows_ = 0;
-  std::vector<Block> blocks_;
-  std::vector<Index> first_block_, packed_offset_;
-  SavedBlocks<S> own_;                                    // inference's working memory
-  detail::AlignedVector<S> scratch_;                      // per-thread work
-  detail::AlignedVector<typename PackedInputOf<X>::type> packed_;  // packed inputs and hidden rows
+  // Buffers, which a copy of the runner does not copy.
+  detail::Scratch<std::vector<Block>> blocks_;
+  detail::Scratch<std::vector<Index>> first_block_, packed_offset_;
+  detail::Scratch<SavedBlocks<S>> own_;                                    // inference's working memory
+  detail::Scratch<detail::AlignedVector<S>> scratch_;                      // per-thread work
+  detail::Scratch<detail::AlignedVector<typename PackedInputOf<X>::type>> packed_;  // packed inputs and hidden rows
 };
 
 }  // namespace moe

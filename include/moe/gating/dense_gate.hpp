@@ -3,6 +3,7 @@
 // Slot j of every token is expert j.
 #pragma once
 
+#include "moe/detail/scratch.hpp"
 #include "moe/gating/router.hpp"
 #include "moe/gating/scoring.hpp"
 #include "moe/routing.hpp"
@@ -78,7 +79,7 @@ class DenseGate {
  private:
   DenseGateConfig config_;
   Router<S> router_;
-  RowMatrix<S> d_logits_;
+  detail::Scratch<RowMatrix<S>> d_logits_;  // backward's
 };
 
 }  // namespace moe

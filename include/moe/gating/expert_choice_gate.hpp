@@ -5,6 +5,7 @@
 // slot e holds expert e (weight = its score) or kEmptySlot.
 #pragma once
 
+#include "moe/detail/scratch.hpp"
 #include "moe/gating/capacity.hpp"
 #include "moe/gating/router.hpp"
 #include "moe/gating/scoring.hpp"
@@ -107,8 +108,8 @@ class ExpertChoiceGate {
  private:
   ExpertChoiceGateConfig config_;
   Router<S> router_;
-  Vector<S> d_scores_;
-  RowMatrix<S> d_logits_;
+  detail::Scratch<Vector<S>> d_scores_;  // backward's
+  detail::Scratch<RowMatrix<S>> d_logits_;
 };
 
 }  // namespace moe

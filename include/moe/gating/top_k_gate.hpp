@@ -8,6 +8,7 @@
 //                   .normalize = true, .scale = 2.5}
 #pragma once
 
+#include "moe/detail/scratch.hpp"
 #include "moe/gating/capacity.hpp"
 #include "moe/gating/router.hpp"
 #include "moe/gating/scoring.hpp"
@@ -276,8 +277,9 @@ class TopKGate {
   RowMatrix<S> noise_weight_;
   Generator noise_rng_;
   // Scratch reused across calls so that the steady state does not allocate.
-  RowMatrix<S> jittered_, d_logits_, d_noise_, d_x_;
-  Vector<S> d_selected_;
+  // scratch of the training route and backward
+  detail::Scratch<RowMatrix<S>> jittered_, d_logits_, d_noise_, d_x_;
+  detail::Scratch<Vector<S>> d_selected_;
 };
 
 // Switch Transformer routing (Fedus et al. 2021): top-1, the chosen expert's softmax probability as

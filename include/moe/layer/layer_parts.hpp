@@ -1,6 +1,7 @@
 // What a layer knows of its parts (gate, experts, optional shared experts): that they fit
-// together, their parameters as (name, view) lists, and LayerGradients, the gradients of every
-// parameter of a layer with the same names and shapes (SparseMoE::Gradients).
+// together (and the caller's arrays fit them), their parameters as (name, view) lists, and
+// LayerGradients, the gradients of every parameter of a layer with the same names and shapes
+// (SparseMoE::Gradients).
 #pragma once
 
 #include "moe/concepts.hpp"
@@ -28,6 +29,20 @@ void check_layer_parts(const G& gate, const X& experts, const std::optional<Shar
   if (shared)
     check_config(shared->d_model() == experts.d_model(), who, "shared.d_model() = ", shared->d_model(),
                  " but experts.d_model() = ", experts.d_model());
+}
+
+// shape_error unless x: [T, d_model] and y: [T, d_model].
+template <class S>
+void check_forward_io(Index d_model, ConstMatrixRef<S> x, MatrixRef<S> y) {
+  constexpr const char* who = "SparseMoE::forward";
+  check_dim(who, "x.cols()", x.cols(), "d_model", d_model);
+  check_dim(who, "y.rows()", y.rows(), "x.rows()", x.rows());
+  check_dim(who, "y.cols()", y.cols(), "d_model", d_model);
+}
+
+// state_error unless a training forward filled the cache.
+inline void check_trained(bool training, const char* who) {
+  if (!training) MOE_THROW(state_error(concat(who, ": the cache was not filled by a training forward")));
 }
 
 }  // namespace detail

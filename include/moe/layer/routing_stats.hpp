@@ -25,20 +25,23 @@ struct RoutingStats {
   double imbalance() const { return mean_load > 0 ? max_load / mean_load : 0.0; }
 };
 
-// stats from a routed plan and its dispatch (overwritten).
+// stats of a routed plan (overwritten): its active slots are the computed assignments.
 template <class S>
-void compute_routing_stats(const RoutingPlan<S>& plan, const DispatchPlan& dispatch, RoutingStats& stats) {
+void compute_routing_stats(const RoutingPlan<S>& plan, RoutingStats& stats) {
   const Index T = plan.num_tokens(), E = plan.num_experts;
   stats.num_tokens = T;
-  stats.assignments = dispatch.num_rows();
   stats.dropped = static_cast<Index>((plan.dropped.array() != 0).count());
-  stats.tokens_per_expert.resize(static_cast<std::size_t>(E));
+  stats.tokens_per_expert.assign(static_cast<std::size_t>(E), 0);
+  for (Index t = 0; t < T; ++t)
+    for (Index j = 0; j < plan.slots_per_token(); ++j)
+      if (plan.active(t, j)) ++stats.tokens_per_expert[static_cast<std::size_t>(plan.expert(t, j))];
+  stats.assignments = 0;
+  for (const Index n : stats.tokens_per_expert) stats.assignments += n;
   stats.load_fraction.resize(static_cast<std::size_t>(E));
   stats.unused_experts = 0;
   stats.max_load = 0;
   for (Index e = 0; e < E; ++e) {
-    const Index n = dispatch.rows_of(e);
-    stats.tokens_per_expert[e] = n;
+    const Index n = stats.tokens_per_expert[e];
     stats.load_fraction[e] = stats.assignments > 0 ? double(n) / double(stats.assignments) : 0.0;
     stats.unused_experts += n == 0;
     stats.max_load = std::max(stats.max_load, double(n));

@@ -8,12 +8,14 @@
 
 #include "moe/concepts.hpp"
 #include "moe/detail/parallel.hpp"
+#include "moe/detail/scratch.hpp"
 #include "moe/dispatch/expert_batch.hpp"
 #include "moe/dispatch/runner.hpp"
 #include "moe/errors.hpp"
 #include "moe/random.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -95,6 +97,13 @@ class SharedExperts {
     add_sum(x, cache.batch, cache.gate, &cache.sum, y);
   }
 
+  // Frees the buffers of the plain and training forwards and of backward.
+  void release_workspace() {
+    runner_ = ExpertRunner<X>(kTileRows);
+    own_ = Workspace();
+    inputs_.release(), d_out_.release(), d_in_.release();
+  }
+
   // The fast path's copies of the weights (see SparseMoE::prepack): made now, or dropped.
   void prepack() { ExpertRunner<X>::prepack(experts_, 1); }
   void weights_changed() { ExpertRunner<X>::weights_changed(experts_); }
@@ -153,9 +162,10 @@ class SharedExperts {
       for (Index s = 1; s < num_experts(); ++s) sum += batch.out.middleRows(s * T + begin, n);
       if (sum_out) sum_out->middleRows(begin, n) = sum;
       if (gated_) {
-        auto g = gate.segment(begin, n);  // starts on a packet: Eigen's σ takes its vector path
-        g.noalias() = x.middleRows(begin, n) * gate_weight_.row(0).transpose();
-        g = (S(1) + (-g.array()).exp()).inverse().matrix();
+        // Token by token (a dot product and a scalar exp), so that a token's gate has the same
+        // bits whatever else is in the batch.
+        auto g = gate.segment(begin, n);
+        for (Index t = 0; t < n; ++t) g[t] = S(1) / (S(1) + std::exp(-x.row(begin + t).dot(gate_weight_.row(0))));
         sum.array().colwise() *= g.array();
       }
       y.middleRows(begin, n) += sum;
@@ -165,10 +175,11 @@ class SharedExperts {
   X experts_;
   bool gated_ = false;
   RowMatrix<S> gate_weight_;
-  ExpertRunner<X> runner_{kTileRows};  // training's
-  Workspace own_;                       // the plain forward_add's
-  ExpertBatch<S> inputs_;               // backward's view of x
-  RowMatrix<S> d_out_, d_in_;
+  // Buffers, which a copy does not copy.
+  ExpertRunner<X> runner_{kTileRows};       // training's
+  Workspace own_;                            // the plain forward_add's
+  detail::Scratch<ExpertBatch<S>> inputs_;  // backward's view of x
+  detail::Scratch<RowMatrix<S>> d_out_, d_in_;
 };
 
 }  // namespace moe

@@ -16,6 +16,7 @@
 
 #include "moe/concepts.hpp"
 #include "moe/detail/parallel.hpp"
+#include "moe/detail/scratch.hpp"
 #include "moe/dispatch/local_exchange.hpp"
 #include "moe/dispatch/runner.hpp"
 #include "moe/errors.hpp"
@@ -77,7 +78,7 @@ class BasicSparseMoE {
   void forward(const Eigen::MatrixBase<Derived>& x, MatrixRef<S> y) {
     const ConstMatrixRef<S> rows(x.derived());
     check_io(rows, y);
-    detail::infer<S>(exchange_, experts_, shared_, num_experts(), threads(), rows, y, own_,
+    detail::infer<S>(exchange_, experts_, shared_, num_experts(), threads(), chunk_tokens_, rows, y, own_,
                      [&](RoutingPlan<S>& plan) { gate_.route(rows, plan, mode_); });
     last_plan_ = own_.plan;
     stats_ = own_.stats;
@@ -93,12 +94,24 @@ class BasicSparseMoE {
   void forward(const Eigen::MatrixBase<Derived>& x, MatrixRef<S> y, Workspace& work) const {
     const ConstMatrixRef<S> rows(x.derived());
     check_io(rows, y);
-    detail::infer<S>(exchange_, experts_, shared_, num_experts(), threads(), rows, y, work,
+    detail::infer<S>(exchange_, experts_, shared_, num_experts(), threads(), chunk_tokens_, rows, y, work,
                      [&](RoutingPlan<S>& plan) { gate_.route(rows, plan); });
   }
 
-  // Frees the inference forward's buffers (they grow back on the next call).
-  void release_workspace() { own_.release(); }
+  // Frees the buffers of the plain forward, training forward and backward (they grow back).
+  void release_workspace() {
+    own_.release(), train_.release();
+    if (shared_) shared_->release_workspace();
+  }
+
+  // Inference forwards send the routed tokens through the experts at most `tokens` at a time
+  // (default 4096; 0: all at once): their workspace is one chunk's, plus the whole batch's
+  // routing. The output bits do not depend on it. Training forwards are not chunked.
+  void set_chunk_tokens(Index tokens) {
+    detail::check_config(tokens >= 0, "SparseMoE::set_chunk_tokens", "tokens = ", tokens, " < 0");
+    chunk_tokens_ = tokens;
+  }
+  Index chunk_tokens() const { return chunk_tokens_; }
 
   // Training forward: as above, and fills cache for backward(). mask: empty, or [T] with 0 for
   // padding tokens (the auxiliary losses skip them). Returns Σ of the auxiliary losses (each
@@ -136,11 +149,11 @@ class BasicSparseMoE {
     detail::check_dim(who, "d_y.rows()", d_y.rows(), "x.rows()", T);
     detail::check_dim(who, "d_y.cols()", d_y.cols(), "d_model", d_model());
     const auto& batch = cache.experts.batch;
-    grow(d_out_, batch.num_rows(), d_model());
-    grow(d_weight_, T, tokens.plan.slots_per_token());
-    exchange_.combine_backward(tokens.plan, tokens.dispatch, batch, d_y, d_out_.topRows(batch.num_rows()),
-                               d_weight_.topRows(T));
-    backward_experts(cache, d_out_.topRows(batch.num_rows()), d_weight_.topRows(T), d_x, grads);
+    detail::grow_rows(train_.d_out, batch.num_rows(), d_model());
+    detail::grow_rows(train_.d_weight, T, tokens.plan.slots_per_token());
+    exchange_.combine_backward(tokens.plan, tokens.dispatch, batch, d_y, train_.d_out.topRows(batch.num_rows()),
+                               train_.d_weight.topRows(T));
+    backward_experts(cache, train_.d_out.topRows(batch.num_rows()), train_.d_weight.topRows(T), d_x, grads);
     if (shared_) shared_->backward(tokens.x, tokens.shared, d_y, d_x, *grads.shared, threads());
   }
 
@@ -164,13 +177,14 @@ class BasicSparseMoE {
     detail::check_dim(who, "d_weight.cols()", d_weight.cols(), "slots", k);
     [[maybe_unused]] const detail::EigenSingleThreaded single_threaded_eigen;
 
-    grow(d_in_, rows, d_model());
-    runner_.backward(experts_, batch, cache.experts.saved, d_expert_out, d_in_.topRows(rows), grads.experts, threads());
-    exchange_.dispatch_backward(tokens.plan, tokens.dispatch, batch, d_in_.topRows(rows), d_x);
+    detail::grow_rows(train_.d_in, rows, d_model());
+    train_.runner.backward(experts_, batch, cache.experts.saved, d_expert_out, train_.d_in.topRows(rows), grads.experts,
+                           threads());
+    exchange_.dispatch_backward(tokens.plan, tokens.dispatch, batch, train_.d_in.topRows(rows), d_x);
     // Router: combine weights and auxiliary losses → the gate's backward, which adds to d_x.
-    router_grads_ = tokens.aux_grads;
-    router_grads_.d_weight += d_weight;
-    gate_.backward(tokens.x, tokens.plan, router_grads_, d_x, grads.gate);
+    train_.router_grads = tokens.aux_grads;
+    train_.router_grads.d_weight += d_weight;
+    gate_.backward(tokens.x, tokens.plan, train_.router_grads, d_x, grads.gate);
   }
 
   // Zero gradients shaped like the parameters.
@@ -236,19 +250,9 @@ class BasicSparseMoE {
   const Exchange& exchange() const { return exchange_; }
 
  private:
-  void check_cache(const Cache& cache, const char* who) const {
-    if (!cache.tokens.training)
-      MOE_THROW(state_error(detail::concat(who, ": the cache was not filled by a training forward")));
-  }
-
+  void check_cache(const Cache& cache, const char* who) const { detail::check_trained(cache.tokens.training, who); }
+  void check_io(ConstMatrixRef<S> x, MatrixRef<S> y) const { detail::check_forward_io<S>(d_model(), x, y); }
   int threads() const { return detail::resolve_threads(num_threads_); }
-
-  void check_io(ConstMatrixRef<S> x, MatrixRef<S> y) const {
-    constexpr const char* who = "SparseMoE::forward";
-    detail::check_dim(who, "x.cols()", x.cols(), "d_model", d_model());
-    detail::check_dim(who, "y.rows()", y.rows(), "x.rows()", x.rows());
-    detail::check_dim(who, "y.cols()", y.cols(), "d_model", d_model());
-  }
 
   void forward_training(ConstMatrixRef<S> x, MatrixRef<S> y, Cache& cache) {
     check_io(x, y);
@@ -259,16 +263,12 @@ class BasicSparseMoE {
     tokens.x = x;  // x may be y itself (an in-place call): nothing reads x after y is written
     gate_.route(x, tokens.plan, mode_);
     exchange_.dispatch(tokens.plan, x, exchange_.owned(num_experts()), /*with_scales=*/false, tokens.dispatch, batch);
-    runner_.forward(experts_, batch, cache.experts.saved, threads());
-    detail::combine_output<S>(exchange_, shared_, x, y, tokens.plan, tokens.dispatch, batch, routed_,
+    train_.runner.forward(experts_, batch, cache.experts.saved, threads());
+    detail::combine_output<S>(exchange_, shared_, x, y, tokens.plan, tokens.dispatch, batch, train_.routed,
                               [&](MatrixRef<S> routed) { shared_->forward_add(x, routed, threads(), tokens.shared); });
     tokens.training = true;
     last_plan_ = tokens.plan;
-    compute_routing_stats(tokens.plan, tokens.dispatch, stats_);
-  }
-
-  static void grow(RowMatrix<S>& m, Index rows, Index cols) {
-    if (m.rows() < rows || m.cols() != cols) m.resize(std::max(rows, m.rows()), cols);
+    compute_routing_stats(tokens.plan, stats_);
   }
 
   Exchange exchange_;
@@ -277,16 +277,20 @@ class BasicSparseMoE {
   std::optional<SharedExperts<X>> shared_;
   std::tuple<Losses...> losses_;
   int num_threads_ = 0;
+  Index chunk_tokens_ = 4096;
   Mode mode_ = Mode::inference;
 
-  Workspace own_;          // the inference forward's
-  ExpertRunner<X> runner_;  // training's
   RoutingPlan<S> last_plan_;
   RoutingStats stats_;
-  // the training forward's and backward's buffers
-  RowMatrix<S> routed_;  // [≥ T, d_model] routed output before the shared experts
-  RowMatrix<S> d_weight_, d_out_, d_in_;
-  RouterGradients<S> router_grads_;
+  // Buffers, which a copy of the layer does not copy: the plain forward's, and training's.
+  struct TrainingBuffers {
+    ExpertRunner<X> runner;
+    RowMatrix<S> routed;  // [≥ T, d_model] routed output before the shared experts
+    RowMatrix<S> d_weight, d_out, d_in;
+    RouterGradients<S> router_grads;
+  };
+  Workspace own_;
+  detail::Scratch<TrainingBuffers> train_;
 };
 
 // The layer of one process: every expert here.
