@@ -30,19 +30,21 @@ struct HfLayer {
   std::string prefix;
   Index num_experts = kE, d_ff = kF;
   std::map<std::string, RowMatrix<float>> replaced{};  // name -> written instead of the generated tensor
+  moe::io::Dtype expert_dtype = moe::io::Dtype::F32;   // of the experts' tensors
 
   RowMatrix<float> tensor(Index rows, Index cols, std::uint64_t seed) const {
     return moe::test::random_matrix<float>(rows, cols, seed);
   }
-  void add(SafetensorsWriter& w, const std::string& name, const RowMatrix<float>& generated) const {
+  void add(SafetensorsWriter& w, const std::string& name, const RowMatrix<float>& generated,
+           moe::io::Dtype dtype = moe::io::Dtype::F32) const {
     const auto it = replaced.find(name);
-    w.add(name, it == replaced.end() ? generated : it->second);
+    w.add(name, it == replaced.end() ? generated : it->second, dtype);
   }
   void write_ffn(SafetensorsWriter& w, const std::string& head, Index f, std::uint64_t seed) const {
     const bool mixtral = format == CheckpointFormat::mixtral;
-    add(w, prefix + head + (mixtral ? "w1" : "gate_proj") + ".weight", tensor(f, kD, seed));
-    add(w, prefix + head + (mixtral ? "w3" : "up_proj") + ".weight", tensor(f, kD, seed + 1));
-    add(w, prefix + head + (mixtral ? "w2" : "down_proj") + ".weight", tensor(kD, f, seed + 2));
+    add(w, prefix + head + (mixtral ? "w1" : "gate_proj") + ".weight", tensor(f, kD, seed), expert_dtype);
+    add(w, prefix + head + (mixtral ? "w3" : "up_proj") + ".weight", tensor(f, kD, seed + 1), expert_dtype);
+    add(w, prefix + head + (mixtral ? "w2" : "down_proj") + ".weight", tensor(kD, f, seed + 2), expert_dtype);
   }
   SafetensorsWriter writer() const {
     SafetensorsWriter w;
@@ -186,17 +188,28 @@ TEST(Checkpoint, TransposedTensorsGetTheRightExpectation) {
                   {"gate.weight", "shape [8, 4] but expected [4, d_model]", "4 experts found"});
 }
 
-// Weights must be finite: the first NaN or infinity is named with its tensor and element.
+// Weights must be finite: the first NaN or infinity is named with its tensor and element — also
+// when bf16 experts are packed straight from a BF16 file's bytes.
 TEST(Checkpoint, NonFiniteWeightsNameTheTensorAndElement) {
-  for (const bool nan : {true, false}) {
-    HfLayer hf{CheckpointFormat::qwen2_moe, "m."};
-    RowMatrix<float> bad = hf.tensor(kF, kD, 111);  // experts.1.up_proj
-    bad(2, 5) = nan ? std::numeric_limits<float>::quiet_NaN() : -std::numeric_limits<float>::infinity();
-    hf.replaced["m.experts.1.up_proj.weight"] = bad;
-    const auto file = SafetensorsFile::from_bytes(hf.writer().bytes(), "nan.safetensors");
-    expect_io_error(file, CheckpointFormat::qwen2_moe, "m.",
-                    {"nan.safetensors", "m.experts.1.up_proj.weight", "element [2, 5] is", nan ? "NaN" : "infinite"});
-  }
+  for (const auto dtype : {moe::io::Dtype::F32, moe::io::Dtype::BF16})
+    for (const bool nan : {true, false}) {
+      HfLayer hf{CheckpointFormat::qwen2_moe, "m."};
+      hf.expert_dtype = dtype;
+      RowMatrix<float> bad = hf.tensor(kF, kD, 111);  // experts.1.up_proj
+      bad(2, 5) = nan ? std::numeric_limits<float>::quiet_NaN() : -std::numeric_limits<float>::infinity();
+      hf.replaced["m.experts.1.up_proj.weight"] = bad;
+      const auto file = SafetensorsFile::from_bytes(hf.writer().bytes(), "nan.safetensors");
+      const std::initializer_list<std::string> parts = {"nan.safetensors", "m.experts.1.up_proj.weight",
+                                                        "element [2, 5] is", nan ? "NaN" : "infinite"};
+      expect_io_error(file, CheckpointFormat::qwen2_moe, "m.", parts);
+      try {
+        (void)moe::io::load_checkpoint_layer<float, moe::Bf16>(file, CheckpointFormat::qwen2_moe, "m.",
+                                                               {.inference_only = true});
+        ADD_FAILURE() << "no io_error";
+      } catch (const moe::io_error& e) {
+        for (const auto& part : parts) EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+      }
+    }
 }
 
 TEST(Checkpoint, InconsistentExpertCount) {
@@ -245,8 +258,9 @@ namespace MOE_TEST_FILE_ID {
 // computes the bits of a normally loaded one, for every format, fp32 and bf16, from a mapped file
 // whose pages the loader gives back as it goes.
 template <class F>
-void expect_inference_only_load_matches(CheckpointFormat format) {
-  const HfLayer hf{format, "model.layers.1.mlp."};
+void expect_inference_only_load_matches(CheckpointFormat format, moe::io::Dtype dtype = moe::io::Dtype::F32) {
+  HfLayer hf{format, "model.layers.1.mlp."};
+  hf.expert_dtype = dtype;
   moe::test::ScratchDir dir;
   hf.writer().write(dir / "layer.safetensors");
   const auto file = SafetensorsFile::open(dir / "layer.safetensors");
@@ -260,7 +274,7 @@ void expect_inference_only_load_matches(CheckpointFormat format) {
   normal.forward(x, expected);
   typename decltype(normal)::Workspace work;
   packed.forward(x, y, work);
-  EXPECT_EQ(y, expected) << moe::io::format_name(format) << " " << F::name;
+  EXPECT_EQ(y, expected) << moe::io::format_name(format) << " " << F::name << " from " << moe::io::dtype_name(dtype);
   EXPECT_THROW((void)packed.experts().w1(), moe::state_error);
   if (packed.shared()) {
     EXPECT_THROW((void)packed.shared()->experts().w2(), moe::state_error);
@@ -274,6 +288,9 @@ TEST(Checkpoint, InferenceOnlyLoadPacksAsItReadsWithTheSameBits) {
                             CheckpointFormat::deepseek_v3}) {
     expect_inference_only_load_matches<moe::F32>(format);
     expect_inference_only_load_matches<moe::Bf16>(format);
+    // bf16 experts from BF16 tensors: packed from the file's bytes, no fp32 on the way
+    expect_inference_only_load_matches<moe::F32>(format, moe::io::Dtype::BF16);
+    expect_inference_only_load_matches<moe::Bf16>(format, moe::io::Dtype::BF16);
   }
 }
 
@@ -289,6 +306,24 @@ TEST(Checkpoint, AnExpertNeverPackedIsAStateError) {
   EXPECT_THROW(bank.pack_expert_up(1, w2, w1), moe::shape_error);
   EXPECT_THROW(bank.pack_expert_down(1, w1), moe::shape_error);
   EXPECT_THROW(bank.pack_expert_down(2, w2), moe::config_error);
+}
+
+// With d_ff = d_model the shape errors still name the right dimension.
+TEST(Checkpoint, PackErrorsNameTheDimensionNotItsValue) {
+  auto bank = moe::SwiGluExpert<float, moe::Bf16>::without_masters({.num_experts = 1, .d_model = kD, .d_ff = kD});
+  const RowMatrix<float> narrow = RowMatrix<float>::Ones(kD, kD - 1);
+  try {
+    bank.pack_expert_up(0, narrow, narrow);
+    ADD_FAILURE() << "no shape_error";
+  } catch (const moe::shape_error& e) {
+    EXPECT_NE(std::string(e.what()).find("w1.cols() = 7 but d_model = 8"), std::string::npos) << e.what();
+  }
+  try {
+    bank.pack_expert_down(0, narrow);
+    ADD_FAILURE() << "no shape_error";
+  } catch (const moe::shape_error& e) {
+    EXPECT_NE(std::string(e.what()).find("w2.cols() = 7 but d_ff = 8"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace MOE_TEST_FILE_ID

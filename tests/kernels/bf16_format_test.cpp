@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -60,6 +61,33 @@ TEST(Bf16Format, PackWeightRowsWritesRoundedPairs) {
     EXPECT_EQ(b(depth, column + r), 0.0f) << "padding of row " << r;
   }
   EXPECT_EQ(panel[0], 0x7777) << "column 0 is not one of the rows'";
+}
+
+// Depths over several of the packer's blocks, even and odd; from fp32 and from a BF16 tensor as a
+// file holds it (little-endian bytes at an odd address, rows further apart than they are long):
+// the same panel.
+TEST(Bf16Format, PackWeightRowsFromFp32AndFromFileBytesAgree) {
+  for (const Index depth : {Index(64), Index(77), Index(1)}) {
+    const Index count = 9, column = 20, stride = depth + 3;
+    const RowMatrix<float> w = random_matrix<float>(count, depth, 2);
+    std::vector<std::byte> bytes(static_cast<std::size_t>(1 + 2 * count * stride), std::byte{0xee});
+    for (Index r = 0; r < count; ++r)
+      for (Index k = 0; k < depth; ++k) {
+        const std::uint16_t v = moe::detail::float_to_bf16(w(r, k));
+        bytes[static_cast<std::size_t>(1 + 2 * (r * stride + k))] = std::byte(v & 0xff);
+        bytes[static_cast<std::size_t>(2 + 2 * (r * stride + k))] = std::byte(v >> 8);
+      }
+    const moe::kernels::Bf16Rows rows{bytes.data() + 1, count, depth, stride};
+    std::vector<F::Weight> from_fp32(static_cast<std::size_t>(F::packed_depth(depth) * NR), 0x7777);
+    std::vector<F::Weight> from_bytes = from_fp32;
+    F::pack_weight_rows(w, from_fp32.data(), column);
+    F::pack_weight_rows(rows, from_bytes.data(), column);
+    EXPECT_EQ(from_bytes, from_fp32) << "depth " << depth;
+    const RowMatrix<float> b = unpacked_panel(from_fp32, F::packed_depth(depth));
+    for (Index r = 0; r < count; ++r)
+      for (Index k = 0; k < depth; ++k) ASSERT_EQ(b(k, column + r), to_bf16(w(r, k))) << depth << ": " << r << ", " << k;
+    EXPECT_EQ(from_fp32[0], 0x7777) << "columns before `column` left alone";
+  }
 }
 
 // pack_input: micro-panels [padded depth][mr] of bf16-rounded values, zeros at the padded depth,

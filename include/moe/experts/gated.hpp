@@ -130,15 +130,21 @@ class GatedExpert {
     bank.packed_.release_masters();
     return bank;
   }
-  void pack_expert_up(Index e, ConstMatrixRef<S> w1, ConstMatrixRef<S> w3) {
-    check_given(e, "w1", w1, d_ff(), d_model());
-    check_given(e, "w3", w3, d_ff(), d_model());
-    packed_.repack_up(e, up_panels(), d_model(), [&](Index p, Weight* panel) { pack_up_panel(w1, w3, p, panel); });
+  // The weights in S, or (bf16 experts) as a BF16 tensor of a file holds them; the panels are
+  // packed on `threads` threads.
+  void pack_expert_up(Index e, ConstMatrixRef<S> w1, ConstMatrixRef<S> w3, int threads = 1) {
+    pack_given_up(e, w1, w3, threads);
   }
-  void pack_expert_down(Index e, ConstMatrixRef<S> w2) {
-    check_given(e, "w2", w2, d_model(), d_ff());
-    packed_.repack_down(e, down_panels(), d_ff(),
-                        [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w2, p, panel); });
+  void pack_expert_down(Index e, ConstMatrixRef<S> w2, int threads = 1) { pack_given_down(e, w2, threads); }
+  void pack_expert_up(Index e, const kernels::Bf16Rows& w1, const kernels::Bf16Rows& w3, int threads = 1)
+    requires std::same_as<F, kernels::Bf16Format>
+  {
+    pack_given_up(e, w1, w3, threads);
+  }
+  void pack_expert_down(Index e, const kernels::Bf16Rows& w2, int threads = 1)
+    requires std::same_as<F, kernels::Bf16Format>
+  {
+    pack_given_down(e, w2, threads);
   }
 
   // The bytes the weights hold now: masters and packed copies.
@@ -238,15 +244,34 @@ class GatedExpert {
 
   S* hidden(std::span<S> memory, Index n) const { return memory.data() + 2 * n * d_ff(); }
 
-  void check_given(Index e, std::string_view name, ConstMatrixRef<S> w, Index rows, Index cols) const {
+  template <class W>
+  void pack_given_up(Index e, const W& w1, const W& w3, int threads) {
+    check_given(e, "w1", w1, {d_ff(), "d_ff"}, {d_model(), "d_model"});
+    check_given(e, "w3", w3, {d_ff(), "d_ff"}, {d_model(), "d_model"});
+    packed_.repack_up(e, up_panels(), d_model(), threads,
+                      [&](Index p, Weight* panel) { pack_up_panel(w1, w3, p, panel); });
+  }
+  template <class W>
+  void pack_given_down(Index e, const W& w2, int threads) {
+    check_given(e, "w2", w2, {d_model(), "d_model"}, {d_ff(), "d_ff"});
+    packed_.repack_down(e, down_panels(), d_ff(), threads,
+                        [&](Index p, Weight* panel) { kernels::pack_weight_panel<F>(w2, p, panel); });
+  }
+  struct Dim {
+    Index size;
+    const char* name;
+  };
+  template <class W>
+  void check_given(Index e, std::string_view name, const W& w, Dim rows, Dim cols) const {
     constexpr const char* who = "GatedExpert::pack_expert";
     detail::check_config(e >= 0 && e < num_experts(), who, "expert = ", e, " but num_experts = ", num_experts());
-    detail::check_dim(who, detail::concat(name, ".rows()"), w.rows(), rows == d_ff() ? "d_ff" : "d_model", rows);
-    detail::check_dim(who, detail::concat(name, ".cols()"), w.cols(), cols == d_ff() ? "d_ff" : "d_model", cols);
+    detail::check_dim(who, detail::concat(name, ".rows()"), w.rows(), rows.name, rows.size);
+    detail::check_dim(who, detail::concat(name, ".cols()"), w.cols(), cols.name, cols.size);
   }
 
   // Up panel p: hidden units [p·U, p·U + U) of w1, then of w3, as columns; [d_model][kNR].
-  void pack_up_panel(ConstMatrixRef<S> w1, ConstMatrixRef<S> w3, Index p, Weight* panel) const {
+  template <class W>
+  void pack_up_panel(const W& w1, const W& w3, Index p, Weight* panel) const {
     const Index unit = p * kUnits, units = std::min<Index>(kUnits, d_ff() - unit);
     if (units < kUnits) std::fill_n(panel, F::packed_depth(d_model()) * kNR, Weight(0));
     F::pack_weight_rows(w1.middleRows(unit, units), panel, 0);

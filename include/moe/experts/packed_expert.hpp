@@ -8,6 +8,7 @@
 #pragma once
 
 #include "moe/concepts.hpp"
+#include "moe/detail/parallel.hpp"
 #include "moe/errors.hpp"
 #include "moe/kernels/bf16_format.hpp"
 #include "moe/kernels/packed_product.hpp"
@@ -81,16 +82,17 @@ class PackedProjections {
     pack(up_, e, up_panels, up_depth, pack_up);
     pack(down_, e, down_panels, down_depth, pack_down);
   }
-  // Packs one projection of expert e again (a bank without masters, from weights given to it).
+  // Packs one projection of expert e again (a bank without masters, from weights given to it),
+  // its panels on `threads` threads.
   template <class Pack>
-  void repack_up(Index e, Index panels, Index depth, Pack&& pack_panel) {
+  void repack_up(Index e, Index panels, Index depth, int threads, Pack&& pack_panel) {
     up_.drop(e);
-    pack(up_, e, panels, depth, pack_panel);
+    pack(up_, e, panels, depth, pack_panel, threads);
   }
   template <class Pack>
-  void repack_down(Index e, Index panels, Index depth, Pack&& pack_panel) {
+  void repack_down(Index e, Index panels, Index depth, int threads, Pack&& pack_panel) {
     down_.drop(e);
-    pack(down_, e, panels, depth, pack_panel);
+    pack(down_, e, panels, depth, pack_panel, threads);
   }
   void clear() {
     check_masters("weights_changed");
@@ -116,10 +118,11 @@ class PackedProjections {
 
  private:
   template <class Pack>
-  static void pack(kernels::PackedBank<F>& bank, Index e, Index panels, Index depth, Pack&& pack_panel) {
+  static void pack(kernels::PackedBank<F>& bank, Index e, Index panels, Index depth, Pack&& pack_panel,
+                   int threads = 1) {
     const Index size = F::packed_depth(depth) * F::kNR;
     bank.ensure(e, panels * size, [&](Weight* out) {
-      for (Index p = 0; p < panels; ++p) pack_panel(p, out + p * size);
+      detail::parallel_for(panels, threads, [&](Index p, int) { pack_panel(p, out + p * size); });
     });
   }
 

@@ -28,16 +28,20 @@
 // does not use (a file of another format). The layer is built only once everything has been read.
 #pragma once
 
+#include "moe/detail/parallel.hpp"
 #include "moe/errors.hpp"
 #include "moe/experts/gated.hpp"
 #include "moe/gating/top_k_gate.hpp"
 #include "moe/io/checkpoint_files.hpp"
 #include "moe/io/checkpoint_format.hpp"
+#include "moe/io/layer_tensors.hpp"
 #include "moe/io/safetensors.hpp"
 #include "moe/layer/shared_experts.hpp"
 #include "moe/layer/sparse_moe.hpp"
 
 #include <cmath>
+#include <concepts>
+#include <cstdint>
 #include <cstdlib>
 #include <optional>
 #include <set>
@@ -55,100 +59,6 @@ using CheckpointLayer = SparseMoE<SwiGluExpert<S, F>, TopKGate<S>>;
 }  // namespace moe::io
 
 namespace moe::detail {
-
-// Reads the tensors of one layer under a prefix, remembering which it used.
-class LayerTensors {
- public:
-  LayerTensors(const io::CheckpointFiles& file, std::string prefix, io::CheckpointFormat format)
-      : file_(file), prefix_(std::move(prefix)), format_(format) {}
-
-  // io_error "<the file holding it>: tensor '<prefix><relative>': <what>".
-  template <class... Parts>
-  [[noreturn]] void fail(std::string_view relative, const Parts&... what) const {
-    const std::string name = prefix_ + std::string(relative);
-    moe::detail::raise(io_error(concat(file_.origin(name), ": tensor '", name, "': ", what...)));
-  }
-
-  bool has(std::string_view relative) const { return file_.contains(prefix_ + std::string(relative)); }
-
-  // The tensor's shape, which must have `dims` axes.
-  const std::vector<Index>& shape(std::string_view relative, std::size_t dims) const {
-    const std::string name = prefix_ + std::string(relative);
-    if (!file_.contains(name))
-      fail(relative, "missing: a ", io::format_name(format_), " layer has it", hint());
-    const auto& s = file_.info(name).shape;
-    if (s.size() != dims) fail(relative, "shape ", io::shape_text(s), " but expected ", dims, " axes");
-    return s;
-  }
-
-  // out = the tensor, which must have the shape `expected` (why: where that comes from) and hold
-  // only finite values (io_error naming the first element that is not).
-  template <class Dst>
-  void read(std::string_view relative, const std::vector<Index>& expected, Dst&& out, std::string_view why) {
-    if (const auto& s = shape(relative, expected.size()); s != expected)
-      fail(relative, "shape ", io::shape_text(s), " but expected ", io::shape_text(expected), " (", why, ")");
-    const std::string name = prefix_ + std::string(relative);
-    file_.read_into(name, out);
-    used_.insert(name);
-    if (out.allFinite()) return;
-    for (Index r = 0; r < out.rows(); ++r)
-      for (Index c = 0; c < out.cols(); ++c)
-        if (!std::isfinite(out(r, c)))
-          fail(relative, "element [", r, ", ", c, "] is ", std::isnan(out(r, c)) ? "NaN" : "infinite",
-               ": the weights must be finite");
-  }
-  void release(std::string_view relative) const { file_.release(prefix_ + std::string(relative)); }
-
-  // Expert ids i of the names "<prefix>experts.<i>.*": must be 0 .. E−1.
-  Index count_experts() const {
-    std::set<Index> ids;
-    const std::string head = prefix_ + "experts.";
-    for (const auto& name : file_.names()) {
-      if (!name.starts_with(head)) continue;
-      const std::size_t dot = name.find('.', head.size());
-      const std::string id = name.substr(head.size(), dot == std::string::npos ? std::string::npos : dot - head.size());
-      if (id.empty() || id.size() > 9 || id.find_first_not_of("0123456789") != std::string::npos)
-        MOE_THROW(io_error(concat(file_.origin(name), ": tensor '", name, "': expected '", head,
-                                               "<expert id>.…'")));
-      ids.insert(std::stoll(id));
-    }
-    if (ids.empty()) fail("experts.0.*", "missing: no experts under the prefix", hint());
-    const Index n = static_cast<Index>(ids.size());
-    if (*ids.rbegin() != n - 1) {
-      Index gap = 0;
-      while (ids.contains(gap)) ++gap;
-      fail(concat("experts.", gap, ".*"), "missing: experts are numbered up to ", *ids.rbegin(),
-           " but expert ", gap, " has no tensors (", n, " experts found)");
-    }
-    return n;
-  }
-
-  // Every tensor under the prefix must have been read: another format's tensors are an error.
-  void check_all_used() const {
-    for (const auto& name : file_.names())
-      if (name.starts_with(prefix_) && !used_.contains(name))
-        MOE_THROW(io_error(concat(file_.origin(name), ": tensor '", name, "': not part of a ",
-                                               io::format_name(format_), " layer", hint())));
-  }
-
- private:
-  // What the tensors under the prefix look like, when that is not the requested format.
-  std::string hint() const {
-    std::string guess;
-    if (has("experts.0.w1.weight")) guess = "mixtral";
-    else if (has("shared_expert_gate.weight")) guess = "qwen2-moe";
-    else if (has("gate.e_score_correction_bias")) guess = "deepseek-v3";
-    else if (has("shared_experts.gate_proj.weight")) guess = "deepseek-v2";
-    if (!guess.empty() && guess != io::format_name(format_))
-      return concat(" (the tensors under prefix '", prefix_, "' look like a ", guess, " layer)");
-    return concat(" (prefix '", prefix_, "')");
-  }
-
-  const io::CheckpointFiles& file_;
-  std::string prefix_;
-  io::CheckpointFormat format_;
-  std::set<std::string> used_;
-};
 
 // The first expert's first projection under a layer's prefix: the tensor that names the format.
 inline std::string first_expert_tensor(io::CheckpointFormat format) {
@@ -176,27 +86,45 @@ SwiGluExpert<S, F> read_swiglu_bank(LayerTensors& in, const std::string& head, I
   const std::string from = concat("d_ff from ", name(0, w2), ", d_model from gate.weight");
   const ExpertConfig config{.num_experts = num_experts, .d_model = d_model, .d_ff = d_ff, .init = Init::zeros};
   auto bank = inference_only ? SwiGluExpert<S, F>::without_masters(config) : SwiGluExpert<S, F>(config);
-  // inference_only: one expert's w1 and w3 (then w2, in w1's place), packed and dropped in turn.
-  RowMatrix<S> one_w1(inference_only ? d_ff : 0, d_model), one_w3(inference_only ? d_ff : 0, d_model);
+  // inference_only: one expert's w1 and w3 (then w2, in w1's place), packed and dropped in turn
+  // (bf16 experts from BF16 tensors: packed from the file's bytes).
+  RowMatrix<S> one_w1, one_w3;
+  const int threads = resolve_threads(0);
   const auto read = [&](Index e, const std::string& w, const std::vector<Index>& shape, MatrixRef<S> out,
                         std::string_view why) {
     in.read(name(e, w), shape, out, why);
     in.release(name(e, w));
   };
+  // Each expert's tensors are asked of the file one expert ahead, so reading overlaps converting.
+  const auto prefetch = [&](Index e) {
+    for (const auto& w : {w1, w3, w2}) in.prefetch(name(e, w));
+  };
+  prefetch(0);
   for (Index e = 0; e < num_experts; ++e) {
     const std::string up = concat("[d_ff, d_model], ", from), down_why = concat("[d_model, d_ff], ", from);
+    if (e + 1 < num_experts) prefetch(e + 1);
     if (!inference_only) {
       read(e, w1, {d_ff, d_model}, bank.w1()[e], up);
       read(e, w3, {d_ff, d_model}, bank.w3()[e], up);
       read(e, w2, {d_model, d_ff}, bank.w2()[e], down_why);
       continue;
     }
+    if constexpr (std::same_as<F, kernels::Bf16Format>) {
+      if (in.is_bf16(name(e, w1)) && in.is_bf16(name(e, w3)) && in.is_bf16(name(e, w2))) {
+        bank.pack_expert_up(e, in.bf16_rows(name(e, w1), {d_ff, d_model}, up),
+                            in.bf16_rows(name(e, w3), {d_ff, d_model}, up), threads);
+        bank.pack_expert_down(e, in.bf16_rows(name(e, w2), {d_model, d_ff}, down_why), threads);
+        for (const auto& w : {w1, w3, w2}) in.release(name(e, w));
+        continue;
+      }
+    }
+    one_w1.resize(d_ff, d_model), one_w3.resize(d_ff, d_model);
     read(e, w1, {d_ff, d_model}, one_w1, up);
     read(e, w3, {d_ff, d_model}, one_w3, up);
-    bank.pack_expert_up(e, one_w1, one_w3);
+    bank.pack_expert_up(e, one_w1, one_w3, threads);
     Eigen::Map<RowMatrix<S>> one_w2(one_w1.data(), d_model, d_ff);
     read(e, w2, {d_model, d_ff}, one_w2, down_why);
-    bank.pack_expert_down(e, one_w2);
+    bank.pack_expert_down(e, one_w2, threads);
   }
   return bank;
 }

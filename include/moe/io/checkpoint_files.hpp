@@ -62,7 +62,9 @@ class CheckpointFiles {
   const TensorInfo& info(std::string_view name) const { return file_of(name).info(name); }
   void read_into(std::string_view name, MatrixRef<float> out) const { file_of(name).read_into(name, out); }
   void read_into(std::string_view name, MatrixRef<double> out) const { file_of(name).read_into(name, out); }
+  std::span<const std::byte> bytes(std::string_view name) const { return file_of(name).bytes(name); }
   void release(std::string_view name) const { file_of(name).release(name); }
+  void prefetch(std::string_view name) const { file_of(name).prefetch(name); }
 
   const SafetensorsFile& file_of(std::string_view name) const {
     const auto it = shard_of_.find(name);

@@ -160,6 +160,8 @@ class SafetensorsFile {
   // Gives a read tensor's memory back (its whole pages, read from the file again if used): what
   // a loader that streams tensor by tensor calls. No effect on from_bytes()' copy.
   void release(std::string_view name) const { source_->release(bytes(name)); }
+  // Starts reading a tensor's pages from the file in the background.
+  void prefetch(std::string_view name) const { source_->prefetch(bytes(name)); }
 
  private:
   SafetensorsFile(std::shared_ptr<const moe::detail::ByteSource> source, std::string origin)

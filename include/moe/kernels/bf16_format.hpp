@@ -18,9 +18,34 @@
 #include "moe/types.hpp"
 
 #include <algorithm>
+#include <bit>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace moe::kernels {
+
+// bfloat16 values as a file stores them: little-endian, at any alignment; row r starts `stride`
+// values after row r − 1. What a loader hands Bf16Format to pack a BF16 tensor without a detour
+// through fp32.
+struct Bf16Rows {
+  const std::byte* data = nullptr;
+  Index num_rows = 0, num_cols = 0, stride = 0;
+
+  Index rows() const { return num_rows; }
+  Index cols() const { return num_cols; }
+  Bf16Rows middleRows(Index first, Index count) const { return {data + 2 * first * stride, count, num_cols, stride}; }
+  std::uint16_t operator()(Index r, Index c) const {
+    const std::byte* at = data + 2 * (r * stride + c);
+    if constexpr (std::endian::native == std::endian::little) {
+      std::uint16_t v;
+      std::memcpy(&v, at, 2);
+      return v;
+    } else {
+      return static_cast<std::uint16_t>(std::to_integer<unsigned>(at[0]) | std::to_integer<unsigned>(at[1]) << 8);
+    }
+  }
+};
 
 struct Bf16Format {
   using Scalar = float;
@@ -33,14 +58,13 @@ struct Bf16Format {
   // The depth the kernels run over (and the rows of packed A): even.
   static constexpr Index packed_depth(Index depth) { return (depth + 1) / 2 * 2; }
 
-  // Rows of w [count, depth] as columns [column, column + count) of a panel [depth/2][kNR][2].
+  // Rows of w [count, depth] as columns [column, column + count) of a panel [depth/2][kNR][2]:
+  // fp32 rounded here, or bf16 as it is.
   static void pack_weight_rows(ConstMatrixRef<float> w, Weight* panel, Index column) {
-    const Index depth = w.cols();
-    for (Index r = 0; r < w.rows(); ++r) {
-      Weight* const to = panel + 2 * (column + r);
-      for (Index k = 0; k < depth; ++k) to[k / 2 * 2 * kNR + k % 2] = moe::detail::float_to_bf16(w(r, k));
-      if (depth % 2) to[depth / 2 * 2 * kNR + 1] = 0;
-    }
+    pack_pairs(w, panel, column, [](float v) { return moe::detail::float_to_bf16(v); });
+  }
+  static void pack_weight_rows(const Bf16Rows& w, Weight* panel, Index column) {
+    pack_pairs(w, panel, column, [](Weight v) { return v; });
   }
 
   // Inputs pack_input writes for an m × depth A: micro-panels [packed_depth][mr].
@@ -61,6 +85,30 @@ struct Bf16Format {
   // The kernels for `isa` (the best this build has at or below it), or for the active one.
   static const detail::TileKernels<float, Weight>& kernels(Isa isa) { return detail::tile_kernels<float, Weight>(isa); }
   static const detail::TileKernels<float, Weight>& kernels() { return kernels(active_isa()); }
+ private:
+  // The depth in blocks of kPairs pairs, every row through each block: the block's panel lines
+  // (kPairs · 128 bytes) stay in L1 while the rows pass by, instead of a row's stores spanning the
+  // whole panel.
+  template <class Rows, class Bf16Of>
+  static void pack_pairs(const Rows& w, Weight* panel, Index column, Bf16Of&& bf16_of) {
+    constexpr Index kPairs = 16;
+    const Index depth = w.cols(), whole = depth / 2;
+    for (Index q0 = 0; q0 < whole; q0 += kPairs) {
+      const Index q1 = std::min(whole, q0 + kPairs);
+      for (Index r = 0; r < w.rows(); ++r) {
+        Weight* const to = panel + 2 * (column + r);
+        for (Index q = q0; q < q1; ++q) {
+          to[q * 2 * kNR] = bf16_of(w(r, 2 * q));
+          to[q * 2 * kNR + 1] = bf16_of(w(r, 2 * q + 1));
+        }
+      }
+    }
+    if (depth % 2)
+      for (Index r = 0; r < w.rows(); ++r) {
+        panel[whole * 2 * kNR + 2 * (column + r)] = bf16_of(w(r, depth - 1));
+        panel[whole * 2 * kNR + 2 * (column + r) + 1] = 0;
+      }
+  }
 };
 
 }  // namespace moe::kernels

@@ -144,9 +144,10 @@ class PackedBank {
 };
 
 // A torch.nn.Linear weight w [out, in] (rows contiguous) as the B of x·wᵀ: panel p holds the
-// outputs [p·kNR, p·kNR + kNR) as columns, [in][kNR], zeros past the last output.
-template <class F>
-void pack_weight_panel(ConstMatrixRef<typename F::Scalar> w, Index p, typename F::Weight* panel) {
+// outputs [p·kNR, p·kNR + kNR) as columns, [in][kNR], zeros past the last output. w: a matrix of
+// F::Scalar, or any rows F::pack_weight_rows takes (Bf16Format: Bf16Rows).
+template <class F, class W>
+void pack_weight_panel(const W& w, Index p, typename F::Weight* panel) {
   constexpr int NR = F::kNR;
   const Index rows = std::min<Index>(NR, w.rows() - p * NR);
   if (rows < NR) std::fill_n(panel, F::packed_depth(w.cols()) * NR, typename F::Weight(0));

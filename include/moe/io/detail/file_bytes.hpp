@@ -107,16 +107,23 @@ class ByteSource {
 
   // Gives the whole pages inside `range` (of bytes()) back to the system: a mapping reads them
   // from the file again if they are touched. No effect on a copy.
-  void release(std::span<const std::byte> range) const {
-    if (!mapped_ || range.empty()) return;
-    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const auto first = (reinterpret_cast<std::uintptr_t>(range.data()) + page - 1) / page * page;
-    const auto last = (reinterpret_cast<std::uintptr_t>(range.data()) + range.size()) / page * page;
-    if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-  }
+  void release(std::span<const std::byte> range) const { advise(range, /*inside=*/true, MADV_DONTNEED); }
+  // Starts reading the pages of `range` from the file in the background (a loader asks for the
+  // next tensor while it converts this one). No effect on a copy.
+  void prefetch(std::span<const std::byte> range) const { advise(range, /*inside=*/false, MADV_WILLNEED); }
 
  private:
   ByteSource() = default;
+
+  // madvise over the pages inside `range` (inside) or touching it.
+  void advise(std::span<const std::byte> range, bool inside, int advice) const {
+    if (!mapped_ || range.empty()) return;
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto begin = reinterpret_cast<std::uintptr_t>(range.data()), end = begin + range.size();
+    const auto first = (inside ? begin + page - 1 : begin) / page * page;
+    const auto last = (inside ? end : end + page - 1) / page * page;
+    if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, advice);
+  }
 
   const std::byte* data_ = nullptr;
   std::size_t size_ = 0;
