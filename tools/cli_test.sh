@@ -41,6 +41,20 @@ expect 2 '--grad-output is the same file as --weights' -- "${layer[@]}" --output
 ln -s "$fixtures/mixtral.safetensors" "$work/weights_link"
 expect 2 '--output is the same file as --weights' -- "${layer[@]}" --output "$work/weights_link"
 check "the weights are untouched" test -L "$work/weights_link"
+# ... nor any file of a sharded checkpoint (its index, its shards).
+mkdir "$work/sharded"
+cp "$fixtures/mixtral.safetensors" "$work/sharded/shard.safetensors"
+names=$(head -c 65536 "$fixtures/mixtral.safetensors" | grep -ao '"model\.layers\.0\.[^"]*"' | sort -u)
+{ echo '{"weight_map": {'; sed 's/$/: "shard.safetensors",/; $ s/,$//' <<<"$names"; echo '}}'; } \
+  >"$work/sharded/model.safetensors.index.json"
+sharded=(--weights "$work/sharded" --format mixtral --prefix model.layers.0.block_sparse_moe.
+         --input "$fixtures/mixtral_x.npy")
+expect 0 '' -- "${sharded[@]}" --output "$work/y_sharded.npy" --check "$fixtures/mixtral_y.npy"
+expect 2 '--output is the same file as .*shard.safetensors, read for --weights' -- "${sharded[@]}" \
+  --output "$work/sharded/shard.safetensors"
+expect 2 '--dx-output is the same file as .*index.json, read for --weights' -- "${sharded[@]}" --output "$work/y2.npy" \
+  --backward "$fixtures/mixtral_c.npy" --dx-output "$work/sharded/model.safetensors.index.json"
+check "the shard is untouched" cmp -s "$fixtures/mixtral.safetensors" "$work/sharded/shard.safetensors"
 
 # A failed --check says why and writes nothing.
 expect 1 'check of y failed: .* exceeds the tolerance 1e-09; nothing written' -- "${layer[@]}" --output "$work/y.npy" \

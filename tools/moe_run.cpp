@@ -245,6 +245,11 @@ int run(const Arguments& args) {
   const auto format = moe::io::parse_format(*args.get("--format"));
   if (!format) throw UsageError{"--format: '" + *args.get("--format") + "' is not a known format"};
   const auto file = moe::io::CheckpointFiles::open(*args.get("--weights"));
+  std::error_code ignored;
+  for (const char* output : {"--output", "--dx-output", "--grad-output"})
+    for (const auto& input : file.paths())
+      if (const std::string* out = args.get(output); out && std::filesystem::equivalent(input, *out, ignored))
+        throw UsageError{std::string(output) + " is the same file as " + input.string() + ", read for --weights"};
   std::string dtype = args.get("--dtype") ? *args.get("--dtype") : "";
   if (dtype.empty()) {  // the file's
     const std::string prefix = args.get("--prefix") ? *args.get("--prefix") : "";

@@ -360,6 +360,8 @@ TEST(CheckpointFiles, AShardedLayerLoadsAsTheSingleFileDoes) {
     const auto files = moe::io::CheckpointFiles::open(path);
     EXPECT_EQ(files.origin(), index.string());
     EXPECT_EQ(files.origin(hf.prefix + "experts.3.w1.weight"), (dir / "model-00002-of-00002.safetensors").string());
+    EXPECT_EQ(files.paths(), (std::vector<std::filesystem::path>{index, dir / "model-00001-of-00002.safetensors",
+                                                                 dir / "model-00002-of-00002.safetensors"}));
     const auto sharded = moe::io::load_checkpoint_layer<float>(files, CheckpointFormat::mixtral, hf.prefix);
     EXPECT_EQ(sharded.gate().router().weight(), single.gate().router().weight());
     for (Index e = 0; e < kE; ++e) {
@@ -371,6 +373,8 @@ TEST(CheckpointFiles, AShardedLayerLoadsAsTheSingleFileDoes) {
   moe::test::ScratchDir plain;
   hf.writer().write(plain / "model.safetensors");
   EXPECT_EQ(moe::io::CheckpointFiles::open(plain.path()).origin(), (plain / "model.safetensors").string());
+  EXPECT_EQ(moe::io::CheckpointFiles::open(plain.path()).paths(),
+            std::vector<std::filesystem::path>{plain / "model.safetensors"});
 }
 
 TEST(CheckpointFiles, ErrorsNameTheShardAndTheTensor) {

@@ -48,6 +48,13 @@ class CheckpointFiles {
   }
 
   const std::string& origin() const { return origin_; }
+  // The files it reads: the index, if any, and every shard (a tool must not write over them).
+  std::vector<std::filesystem::path> paths() const {
+    std::vector<std::filesystem::path> out;
+    if (files_.size() != 1 || origin_ != files_[0].origin()) out.emplace_back(origin_);
+    for (const auto& file : files_) out.emplace_back(file.origin());
+    return out;
+  }
   // The file that holds the tensor (the checkpoint's origin for a name it does not hold).
   const std::string& origin(std::string_view name) const {
     const auto it = shard_of_.find(name);
