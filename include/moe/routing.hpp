@@ -5,6 +5,8 @@
 //   DispatchPlan — per expert: the contiguous block of dispatch rows it owns (CSR by expert).
 #pragma once
 
+#include "moe/detail/aligned_allocator.hpp"
+#include "moe/detail/scratch.hpp"
 #include "moe/types.hpp"
 
 #include <cstdint>
@@ -34,11 +36,14 @@ struct RoutingPlan {
   RowMatrix<S> jitter;     // [T, d_model]  multipliers U(1−ε, 1+ε)     (valid when jittered)
   // The gate's working memory (meaningless outside route()): with the plan, not the gate, so that
   // threads routing into plans of their own can share one gate; kept to avoid allocation.
+  // A copy of the plan does not copy it.
   struct Work {
     Vector<S> values, group_values;
     std::vector<std::int32_t> ids;
     std::vector<Index> order, load;
-  } work;
+    detail::AlignedVector<S> product;  // the router's
+  };
+  detail::Scratch<Work> work;
 
   Index num_tokens() const { return expert.rows(); }
   Index slots_per_token() const { return expert.cols(); }

@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <utility>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -18,6 +20,23 @@ constexpr moe::Index kTokens = 7, kDModel = 8, kExperts = 4;
 
 template <class S>
 class RouterTest : public ::testing::Test {};
+
+template <class A, class B>
+bool same_bits(const A& a, const B& b) {
+  using S = typename A::Scalar;
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+  for (moe::Index i = 0; i < a.rows(); ++i)
+    for (moe::Index j = 0; j < a.cols(); ++j)
+      if (const S u = a(i, j), v = b(i, j); std::memcmp(&u, &v, sizeof u) != 0) return false;
+  return true;
+}
+
+// The products' scratch (each test's thread owns it).
+template <class S>
+moe::detail::AlignedVector<S>& work() {
+  static moe::detail::AlignedVector<S> scratch;
+  return scratch;
+}
 TYPED_TEST_SUITE(RouterTest, moe::test::Scalars);
 
 TYPED_TEST(RouterTest, ShapesFollowTorchLinear) {
@@ -60,7 +79,7 @@ TYPED_TEST(RouterTest, ProjectMatchesDotProductsWithoutBias) {
   const moe::Router<S> router(kDModel, kExperts, false, rng);
   const moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 11);
   moe::RowMatrix<S> logits(kTokens, kExperts);
-  router.project(x, logits, "test");
+  router.project(x, logits, "test", work<S>());
   const auto expected = moe::test::ref::router_logits(moe::test::ref::to_double(x),
                                                       moe::test::ref::to_double(router.weight()), {});
   MOE_EXPECT_CLOSE(S, logits, expected);
@@ -74,7 +93,7 @@ TYPED_TEST(RouterTest, ProjectMatchesDotProductsWithBias) {
   router.bias() << S(0.5), S(-1), S(2), S(0.25);  // large enough that a missing bias fails
   const moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 12);
   moe::RowMatrix<S> logits(kTokens, kExperts);
-  router.project(x, logits, "test");
+  router.project(x, logits, "test", work<S>());
   const auto expected = moe::test::ref::router_logits(
       moe::test::ref::to_double(x), moe::test::ref::to_double(router.weight()),
       moe::test::ref::to_row(router.bias()));
@@ -87,9 +106,9 @@ TYPED_TEST(RouterTest, ProjectWritesIntoARowBlock) {
   const moe::Router<S> router(kDModel, kExperts, true, rng);
   const moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 13);
   moe::RowMatrix<S> whole = moe::RowMatrix<S>::Constant(kTokens + 2, kExperts, S(-7));
-  router.project(x, whole.middleRows(1, kTokens), "test");
+  router.project(x, whole.middleRows(1, kTokens), "test", work<S>());
   moe::RowMatrix<S> direct(kTokens, kExperts);
-  router.project(x, direct, "test");
+  router.project(x, direct, "test", work<S>());
   EXPECT_TRUE(whole.middleRows(1, kTokens) == direct);
   EXPECT_TRUE((whole.row(0).array() == S(-7)).all());
   EXPECT_TRUE((whole.row(kTokens + 1).array() == S(-7)).all());
@@ -100,12 +119,12 @@ TYPED_TEST(RouterTest, ZeroAndOneTokens) {
   moe::Generator rng(6);
   const moe::Router<S> router(kDModel, kExperts, true, rng);
   moe::RowMatrix<S> none(0, kExperts);
-  router.project(moe::RowMatrix<S>(0, kDModel), none, "test");
+  router.project(moe::RowMatrix<S>(0, kDModel), none, "test", work<S>());
   EXPECT_EQ(none.rows(), 0);
 
   const moe::RowMatrix<S> x = moe::test::random_matrix<S>(1, kDModel, 14);
   moe::RowMatrix<S> one(1, kExperts);
-  router.project(x, one, "test");
+  router.project(x, one, "test", work<S>());
   const auto expected = moe::test::ref::router_logits(
       moe::test::ref::to_double(x), moe::test::ref::to_double(router.weight()),
       moe::test::ref::to_row(router.bias()));
@@ -121,7 +140,7 @@ TYPED_TEST(RouterTest, NonFiniteInputNamesTheTokenAndTheCaller) {
   for (const S bad : {std::numeric_limits<S>::quiet_NaN(), std::numeric_limits<S>::infinity()}) {
     x(3, 2) = bad;
     try {
-      router.project(x, logits, "Caller::route");
+      router.project(x, logits, "Caller::route", work<S>());
       FAIL() << "expected std::domain_error for " << bad;
     } catch (const std::domain_error& e) {
       const std::string message = e.what();
@@ -149,6 +168,28 @@ TYPED_TEST(RouterTest, CheckFiniteReportsTheFirstBadToken) {
 
 namespace MOE_TEST_FILE_ID {
 
+// A token's logits, and its row of backward's d_x, have the same bits whatever other tokens the
+// call has: alone, in a block starting at an odd row, or in the whole batch (depths that cross the
+// product's blocks; rows at the edges of its tiles).
+TYPED_TEST(RouterTest, ATokensLogitsAndDxDoNotDependOnTheOtherTokens) {
+  using S = TypeParam;
+  constexpr moe::Index T = 29, d = 600, E = 6;
+  moe::Generator rng(8);
+  const moe::Router<S> router(d, E, true, rng);
+  auto grads = router.zeros_like();
+  const moe::RowMatrix<S> x = moe::test::random_matrix<S>(T, d, 16), d_logits = moe::test::random_matrix<S>(T, E, 17);
+  moe::RowMatrix<S> logits(T, E), d_x = moe::RowMatrix<S>::Constant(T, d, S(0.5));
+  router.project(x, logits, "test", work<S>());
+  router.backward(x, d_logits, d_x, grads, work<S>());
+  for (const auto& [first, count] : {std::pair<moe::Index, moe::Index>{0, 1}, {13, 1}, {T - 1, 1}, {3, 14}, {5, T - 5}}) {
+    moe::RowMatrix<S> part(count, E), part_d_x = moe::RowMatrix<S>::Constant(count, d, S(0.5));
+    router.project(x.middleRows(first, count), part, "test", work<S>());
+    router.backward(x.middleRows(first, count), d_logits.middleRows(first, count), part_d_x, grads, work<S>());
+    EXPECT_TRUE(same_bits(part, logits.middleRows(first, count))) << first << " + " << count;
+    EXPECT_TRUE(same_bits(part_d_x, d_x.middleRows(first, count))) << first << " + " << count;
+  }
+}
+
 // backward accumulates: grads.weight += d_logitsᵀ·x, grads.bias += Σ_t d_logits, d_x += d_logits·W,
 // against the products written out, on gradients and d_x that already hold values.
 TYPED_TEST(RouterTest, BackwardAccumulatesIntoEveryOutput) {
@@ -161,8 +202,8 @@ TYPED_TEST(RouterTest, BackwardAccumulatesIntoEveryOutput) {
   const moe::RowMatrix<S> x = moe::test::random_matrix<S>(kTokens, kDModel, 4);
   const moe::RowMatrix<S> d_logits = moe::test::random_matrix<S>(kTokens, kExperts, 5);
   moe::RowMatrix<S> d_x = moe::RowMatrix<S>::Constant(kTokens, kDModel, S(2));
-  router.backward(x, d_logits, d_x, grads);
-  router.backward(x, d_logits, d_x, grads);
+  router.backward(x, d_logits, d_x, grads, work<S>());
+  router.backward(x, d_logits, d_x, grads, work<S>());
   const moe::RowMatrix<S> weight_grad = moe::RowMatrix<S>::Constant(kExperts, kDModel, S(0.5)) +
                                         S(2) * (d_logits.transpose() * x);
   const moe::Vector<S> bias_grad =

@@ -43,7 +43,7 @@ class DenseGate {
     detail::check_dim("DenseGate::route", "x.cols()", x.cols(), "d_model", d_model());
     const Index T = x.rows(), E = num_experts();
     plan.reset(T, E, E);
-    router_.project(x, plan.logits, "DenseGate::route");
+    router_.project(x, plan.logits, "DenseGate::route", plan.work.product);
     scoring::softmax_rows<S>(plan.logits, plan.scores);
     for (Index t = 0; t < T; ++t)
       for (Index e = 0; e < E; ++e) plan.expert(t, e) = static_cast<std::int32_t>(e);
@@ -70,7 +70,7 @@ class DenseGate {
                                    num_experts(), row.data());
       scoring::softmax_backward_add(plan.scores.row(t), grads.d_weight.row(t), row);
     }
-    router_.backward(x, d_logits_, d_x, param_grads.router_);
+    router_.backward(x, d_logits_, d_x, param_grads.router_, product_);
   }
 
   Router<S>& router() { return router_; }
@@ -80,6 +80,7 @@ class DenseGate {
   DenseGateConfig config_;
   Router<S> router_;
   detail::Scratch<RowMatrix<S>> d_logits_;  // backward's
+  detail::Scratch<detail::AlignedVector<S>> product_;
 };
 
 }  // namespace moe

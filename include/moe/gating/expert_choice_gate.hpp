@@ -59,7 +59,7 @@ class ExpertChoiceGate {
     detail::check_dim("ExpertChoiceGate::route", "x.cols()", x.cols(), "d_model", d_model());
     const Index T = x.rows(), E = num_experts(), C = capacity(T);
     plan.reset(T, E, E);
-    router_.project(x, plan.logits, "ExpertChoiceGate::route");
+    router_.project(x, plan.logits, "ExpertChoiceGate::route", plan.work.product);
     scoring::softmax_rows<S>(plan.logits, plan.scores);
     if (C == 0) return;
     Vector<S>& column = plan.work.values;
@@ -99,7 +99,7 @@ class ExpertChoiceGate {
                                    num_experts(), row.data());
       scoring::softmax_backward_add(plan.scores.row(t), d_scores_.transpose(), row);
     }
-    router_.backward(x, d_logits_, d_x, param_grads.router_);
+    router_.backward(x, d_logits_, d_x, param_grads.router_, product_);
   }
 
   Router<S>& router() { return router_; }
@@ -110,6 +110,7 @@ class ExpertChoiceGate {
   Router<S> router_;
   detail::Scratch<Vector<S>> d_scores_;  // backward's
   detail::Scratch<RowMatrix<S>> d_logits_;
+  detail::Scratch<detail::AlignedVector<S>> product_;
 };
 
 }  // namespace moe

@@ -25,21 +25,30 @@ enum class Scoring {
 
 namespace scoring {
 
+// The score functions run element by element with std::exp and sum in index order, so that a
+// token's scores have the same bits wherever its row sits and whatever other rows there are
+// (Eigen's vectorised exp and sums take a scalar path for the elements before an aligned
+// address, and their bits differ from the vector path's).
+
 // scores[t] = softmax(logits[t]), computed as exp(z − max z) / Σ exp(z − max z).
 //   logits, scores: [T, E] (scores overwritten; they may be the same matrix)
 template <class S>
 void softmax_rows(ConstMatrixRef<S> logits, MatrixRef<S> scores) {
+  const Index E = logits.cols();
   for (Index t = 0; t < logits.rows(); ++t) {
-    const S max = logits.row(t).maxCoeff();
-    scores.row(t) = (logits.row(t).array() - max).exp();
-    scores.row(t) /= scores.row(t).sum();
+    S max = logits(t, 0);
+    for (Index e = 1; e < E; ++e) max = std::max(max, logits(t, e));
+    S sum = 0;
+    for (Index e = 0; e < E; ++e) sum += (scores(t, e) = std::exp(logits(t, e) - max));
+    for (Index e = 0; e < E; ++e) scores(t, e) /= sum;
   }
 }
 
 // scores = 1 / (1 + exp(−logits)), elementwise.
 template <class S>
 void sigmoid_rows(ConstMatrixRef<S> logits, MatrixRef<S> scores) {
-  scores = (S(1) + (-logits.array()).exp()).inverse().matrix();
+  for (Index t = 0; t < logits.rows(); ++t)
+    for (Index e = 0; e < logits.cols(); ++e) scores(t, e) = S(1) / (S(1) + std::exp(-logits(t, e)));
 }
 
 // scores = the score function of the logits (softmax_selected: softmax).

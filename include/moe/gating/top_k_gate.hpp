@@ -76,9 +76,9 @@ class TopKGate {
       for (Index i = 0; i < plan.jitter.size(); ++i)
         plan.jitter.data()[i] = S(uniform(noise_rng_, 1.0 - config_.jitter, 1.0 + config_.jitter));
       jittered_ = x.cwiseProduct(plan.jitter);
-      router_.project(jittered_, plan.logits, "TopKGate::route");
+      router_.project(jittered_, plan.logits, "TopKGate::route", plan.work.product);
     } else {
-      router_.project(x, plan.logits, "TopKGate::route");
+      router_.project(x, plan.logits, "TopKGate::route", plan.work.product);
     }
     if (noisy) add_noise(x, plan);
     select_all(plan);
@@ -87,7 +87,7 @@ class TopKGate {
   void route(ConstMatrixRef<S> x, RoutingPlan<S>& plan) const {
     detail::check_dim("TopKGate::route", "x.cols()", x.cols(), "d_model", d_model());
     plan.reset(x.rows(), config_.top_k, num_experts());
-    router_.project(x, plan.logits, "TopKGate::route");
+    router_.project(x, plan.logits, "TopKGate::route", plan.work.product);
     select_all(plan);
   }
 
@@ -118,15 +118,16 @@ class TopKGate {
                                    num_experts(), d_logits_.row(t).data());
       weight_backward(plan, grads, t);
     }
-    if (!plan.jittered && !plan.noisy) return router_.backward(x, d_logits_, d_x, param_grads.router_);
+    if (!plan.jittered && !plan.noisy)
+      return router_.backward(x, d_logits_, d_x, param_grads.router_, product_);
     // d_x += (router part ⊙ jitter + noise part), summed here first.
     d_x_.setZero(x.rows(), x.cols());
     if (plan.jittered) {
       jittered_ = x.cwiseProduct(plan.jitter);
-      router_.backward(jittered_, d_logits_, d_x_, param_grads.router_);
+      router_.backward(jittered_, d_logits_, d_x_, param_grads.router_, product_);
       d_x_.array() *= plan.jitter.array();
     } else {
-      router_.backward(x, d_logits_, d_x_, param_grads.router_);
+      router_.backward(x, d_logits_, d_x_, param_grads.router_, product_);
     }
     if (plan.noisy) {
       d_noise_ = d_logits_.cwiseProduct(plan.noise);
@@ -280,6 +281,7 @@ class TopKGate {
   // scratch of the training route and backward
   detail::Scratch<RowMatrix<S>> jittered_, d_logits_, d_noise_, d_x_;
   detail::Scratch<Vector<S>> d_selected_;
+  detail::Scratch<detail::AlignedVector<S>> product_;
 };
 
 // Switch Transformer routing (Fedus et al. 2021): top-1, the chosen expert's softmax probability as

@@ -55,13 +55,14 @@ void multiply_into(Index m, Index n, Index depth, const S* a, const S* b, S* c, 
           kernels[MR - 1](kc, a_tile, b_block, c_panel + i0 * c_stride, c_stride, add, next);
           continue;
         }
-        kernels[static_cast<std::size_t>(mr - 1)](kc, a_tile, b_block, tile, NR, false, next);
-        const Eigen::Map<const RowMatrix<S>, 0, Eigen::OuterStride<>> t(tile, mr, cols, Eigen::OuterStride<>(NR));
+        // An edge tile goes through `tile` with the same arithmetic as a whole one (the partial sum
+        // loaded, then every product added to it in turn), so that an element's bits do not depend
+        // on whether it sits at an edge: a row of C is the same whatever other rows A has.
+        Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>> t(tile, mr, cols, Eigen::OuterStride<>(NR));
         Eigen::Map<RowMatrix<S>, 0, Eigen::OuterStride<>> to(c_panel + i0 * c_stride, mr, cols, Eigen::OuterStride<>(c_stride));
-        if (add)
-          to += t;
-        else
-          to = t;
+        if (add) t = to;
+        kernels[static_cast<std::size_t>(mr - 1)](kc, a_tile, b_block, tile, NR, add, next);
+        to = t;
       }
     }
   }
