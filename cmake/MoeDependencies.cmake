@@ -1,6 +1,6 @@
 # Finds moe's dependencies and, when allowed, installs the missing ones from Debian.
 #
-#   moe_find_package(<find_package arguments>... DESCRIPTION <text> DEBIAN_PACKAGE <package>)
+#   moe_find_package(<find_package arguments>... DESCRIPTION <text> DEBIAN_PACKAGE <package>...)
 #
 # Runs find_package(<find_package arguments>...). If the package is missing, MOE_AUTO_INSTALL_DEPS
 # is ON, we run as root and apt-get exists, runs `apt-get install -y <package>` (after one
@@ -9,8 +9,9 @@
 include_guard(GLOBAL)
 
 function(moe_find_package package)
-  cmake_parse_arguments(PARSE_ARGV 1 arg "" "DESCRIPTION;DEBIAN_PACKAGE" "")
+  cmake_parse_arguments(PARSE_ARGV 1 arg "" "DESCRIPTION" "DEBIAN_PACKAGE")
   set(find_arguments ${package} ${arg_UNPARSED_ARGUMENTS})
+  string(JOIN " " packages ${arg_DEBIAN_PACKAGE})
 
   find_package(${find_arguments} QUIET)
   if(${package}_FOUND)
@@ -33,12 +34,12 @@ function(moe_find_package package)
       if(${package}_FOUND)
         return()
       endif()
-      set(why "apt-get installed ${arg_DEBIAN_PACKAGE}, but find_package(${find_arguments}) still fails")
+      set(why "apt-get installed ${packages}, but find_package(${find_arguments}) still fails")
     endif()
   endif()
   # The indented line keeps its spacing in CMake's output, so it can be copied as it is.
   message(FATAL_ERROR
-    "moe needs ${arg_DESCRIPTION}: run\n  sudo apt-get install ${arg_DEBIAN_PACKAGE}\n(${why})")
+    "moe needs ${arg_DESCRIPTION}: run\n  sudo apt-get install ${packages}\n(${why})")
 endfunction()
 
 # Runs `apt-get <arguments>...` without questions; `update` runs at most once per configure run.

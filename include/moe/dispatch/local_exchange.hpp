@@ -31,6 +31,9 @@ struct LocalExchange {
 
   // The experts this process runs: all of them.
   ExpertRange owned(Index num_experts) const { return {0, num_experts}; }
+  // Exchanges to run when this process needs `rounds` (chunked inference): an exchange between
+  // processes agrees on the most any of them needs.
+  Index rounds(Index rounds) const { return rounds; }
 
   // batch = the rows of x routed to the experts `owned`, expert-major; with_scales: batch.scale =
   // the routing weight of each row.

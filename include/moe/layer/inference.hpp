@@ -47,7 +47,7 @@ namespace detail {
 // routed output goes to `buffer` and y is written last, so y may be x).
 template <class S, class Exchange, class Shared, class AddShared>
 void combine_output(const Exchange& exchange, const Shared& shared, ConstMatrixRef<S> x, MatrixRef<S> y,
-                    const RoutingPlan<S>& plan, const typename Exchange::Record& record, const ExpertBatch<S>& batch,
+                    const RoutingPlan<S>& plan, typename Exchange::Record& record, const ExpertBatch<S>& batch,
                     RowMatrix<S>& buffer, AddShared&& add_shared) {
   if (!shared) return exchange.combine(plan, record, batch, y);
   grow_rows(buffer, x.rows(), x.cols());
@@ -73,10 +73,11 @@ void infer(const Exchange& exchange, X& experts, Shared& shared, Index num_exper
   if constexpr (!std::is_const_v<X>)
     if (shared) shared->prepack();
   const Index T = x.rows();
-  chunk = chunk > 0 ? chunk : T;
-  Index first = 0;
-  do {  // once when T = 0
-    const Index count = std::min(chunk, T - first);
+  chunk = chunk > 0 ? chunk : std::max<Index>(T, 1);
+  // At least one round (T = 0 too), and as many as the exchange's other processes run.
+  const Index rounds = exchange.rounds(std::max<Index>((T + chunk - 1) / chunk, 1));
+  for (Index round = 0, first = 0; round < rounds; ++round) {
+    const Index count = std::clamp<Index>(T - first, 0, chunk);
     if (count < T) work.chunk.assign_slots(work.plan, first, count);
     const RoutingPlan<S>& plan = count < T ? work.chunk : work.plan;
     const auto x_part = x.middleRows(first, count);
@@ -86,7 +87,7 @@ void infer(const Exchange& exchange, X& experts, Shared& shared, Index num_exper
     combine_output<S>(exchange, shared, x_part, y.middleRows(first, count), plan, work.dispatch, work.batch,
                       work.routed, add_shared);
     first += count;
-  } while (first < T);
+  }
 }
 
 }  // namespace detail

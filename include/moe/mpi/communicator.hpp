@@ -1,0 +1,77 @@
+// What moe::mpi needs of MPI: errors as exceptions, agreement between ranks, and the row type that
+// carries one token's activations (counts in rows, not scalars, so a batch of any size fits MPI's
+// int counts).
+#pragma once
+
+#include "moe/errors.hpp"
+#include "moe/types.hpp"
+
+#include <mpi.h>
+
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace moe::mpi {
+
+// An MPI call that failed, or ranks that disagree.
+struct mpi_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+inline void check(int code, const char* call) {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  MOE_THROW(mpi_error(moe::detail::concat(call, " failed: ", std::string(text, static_cast<std::size_t>(length)))));
+}
+
+inline int rank_of(MPI_Comm comm) {
+  int rank = 0;
+  check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+  return rank;
+}
+inline int size_of(MPI_Comm comm) {
+  int size = 0;
+  check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
+  return size;
+}
+
+// Throws config_error on every rank, naming `what` and the values seen, unless every rank of comm
+// passed the same value (a collective: every rank must call it).
+inline void check_agree(MPI_Comm comm, const char* who, const char* what, long long value) {
+  long long range[2] = {-value, value};
+  check(MPI_Allreduce(MPI_IN_PLACE, range, 2, MPI_LONG_LONG, MPI_MAX, comm), "MPI_Allreduce");
+  if (-range[0] != range[1])
+    MOE_THROW(config_error(moe::detail::concat(who, ": the ranks disagree on ", what, ": from ", -range[0], " to ",
+                                               range[1], " (this rank: ", value, ")")));
+}
+
+template <class S>
+MPI_Datatype scalar_type() {
+  static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>);
+  return std::is_same_v<S, float> ? MPI_FLOAT : MPI_DOUBLE;
+}
+
+// MPI's type of `cols` contiguous scalars: one row. Freed with the object.
+template <class S>
+class RowType {
+ public:
+  explicit RowType(Index cols) {
+    check(MPI_Type_contiguous(static_cast<int>(cols), scalar_type<S>(), &type_), "MPI_Type_contiguous");
+    check(MPI_Type_commit(&type_), "MPI_Type_commit");
+  }
+  RowType(const RowType&) = delete;
+  RowType& operator=(const RowType&) = delete;
+  ~RowType() { MPI_Type_free(&type_); }
+  MPI_Datatype get() const { return type_; }
+
+ private:
+  MPI_Datatype type_ = MPI_DATATYPE_NULL;
+};
+
+}  // namespace detail
+}  // namespace moe::mpi
