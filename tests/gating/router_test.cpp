@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
 #include <utility>
 #include <limits>
 #include <stdexcept>
@@ -20,16 +19,6 @@ constexpr moe::Index kTokens = 7, kDModel = 8, kExperts = 4;
 
 template <class S>
 class RouterTest : public ::testing::Test {};
-
-template <class A, class B>
-bool same_bits(const A& a, const B& b) {
-  using S = typename A::Scalar;
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
-  for (moe::Index i = 0; i < a.rows(); ++i)
-    for (moe::Index j = 0; j < a.cols(); ++j)
-      if (const S u = a(i, j), v = b(i, j); std::memcmp(&u, &v, sizeof u) != 0) return false;
-  return true;
-}
 
 // The products' scratch (each test's thread owns it).
 template <class S>
@@ -185,8 +174,8 @@ TYPED_TEST(RouterTest, ATokensLogitsAndDxDoNotDependOnTheOtherTokens) {
     moe::RowMatrix<S> part(count, E), part_d_x = moe::RowMatrix<S>::Constant(count, d, S(0.5));
     router.project(x.middleRows(first, count), part, "test", work<S>());
     router.backward(x.middleRows(first, count), d_logits.middleRows(first, count), part_d_x, grads, work<S>());
-    EXPECT_TRUE(same_bits(part, logits.middleRows(first, count))) << first << " + " << count;
-    EXPECT_TRUE(same_bits(part_d_x, d_x.middleRows(first, count))) << first << " + " << count;
+    EXPECT_TRUE(moe::test::same_bits_as_rows(part, logits, first)) << first << " + " << count;
+    EXPECT_TRUE(moe::test::same_bits_as_rows(part_d_x, d_x, first)) << first << " + " << count;
   }
 }
 

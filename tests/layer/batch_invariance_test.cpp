@@ -9,7 +9,6 @@
 
 #include <gtest/gtest.h>
 
-#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -18,15 +17,6 @@ namespace MOE_TEST_FILE_ID {
 
 constexpr Index kT = 41, kD = 272, kFf = 40, kE = 8;
 const std::vector<std::pair<Index, Index>> kParts = {{0, 1}, {17, 1}, {kT - 1, 1}, {3, 13}, {1, kT - 1}};
-
-// a and rows [first, first + a.rows()) of b, bit for bit.
-bool same_bits(const RowMatrix<float>& a, const RowMatrix<float>& b, Index first) {
-  if (a.cols() != b.cols() || first + a.rows() > b.rows()) return false;
-  for (Index i = 0; i < a.rows(); ++i)
-    if (std::memcmp(a.row(i).data(), b.row(first + i).data(), sizeof(float) * static_cast<std::size_t>(a.cols())) != 0)
-      return false;
-  return true;
-}
 
 ExpertConfig experts(Index count, std::uint64_t seed) {
   return {.num_experts = count, .d_model = kD, .d_ff = kFf, .seed = seed};
@@ -49,12 +39,12 @@ void expect_batch_invariant(Layer layer, bool trainable = true) {
     const RowMatrix<float> part = x.middleRows(first, count);  // its own memory, other alignment
     RowMatrix<float> part_y(count, kD), part_d_x(count, kD);
     layer.forward(part, part_y);
-    EXPECT_TRUE(same_bits(part_y, y, first)) << "inference";
+    EXPECT_TRUE(test::same_bits_as_rows(part_y, y, first)) << "inference";
     if (!trainable) continue;
     layer.forward(part, part_y, cache);
     layer.backward(cache, d_y.middleRows(first, count), part_d_x, grads);
-    EXPECT_TRUE(same_bits(part_y, y_train, first)) << "training forward";
-    EXPECT_TRUE(same_bits(part_d_x, d_x, first)) << "d_x";
+    EXPECT_TRUE(test::same_bits_as_rows(part_y, y_train, first)) << "training forward";
+    EXPECT_TRUE(test::same_bits_as_rows(part_d_x, d_x, first)) << "d_x";
   }
 }
 

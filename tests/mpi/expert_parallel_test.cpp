@@ -10,7 +10,6 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include <cstring>
 #include <string>
 
 namespace moe {
@@ -24,14 +23,6 @@ int ranks() { return mpi::detail::size_of(MPI_COMM_WORLD); }
 std::pair<Index, Index> share(Index T) {
   const Index first = T * rank() / ranks(), last = T * (rank() + 1) / ranks();
   return {first, last - first};
-}
-
-bool same_bits(const RowMatrix<float>& a, const RowMatrix<float>& b, Index first = 0) {
-  if (a.cols() != b.cols() || first + a.rows() > b.rows()) return false;
-  for (Index i = 0; i < a.rows(); ++i)
-    if (std::memcmp(a.row(i).data(), b.row(first + i).data(), sizeof(float) * static_cast<std::size_t>(a.cols())) != 0)
-      return false;
-  return true;
 }
 
 ExpertConfig experts(Index count, std::uint64_t seed) {
@@ -68,12 +59,12 @@ void expect_expert_parallel_matches(const G& gate, const X& bank, const std::opt
   RowMatrix<float> y(T, kD), my_y(count, kD);
   whole.forward(x, y);
   part.forward(my_x, my_y);
-  EXPECT_TRUE(same_bits(my_y, y, first)) << "inference";
+  EXPECT_TRUE(test::same_bits_as_rows(my_y, y, first)) << "inference";
   part.set_chunk_tokens(3);  // ranks with fewer chunks join the others' exchanges
   my_y.setZero();
   typename decltype(part)::Workspace work;
   std::as_const(part).forward(my_x, my_y, work);
-  EXPECT_TRUE(same_bits(my_y, y, first)) << "chunked const forward";
+  EXPECT_TRUE(test::same_bits_as_rows(my_y, y, first)) << "chunked const forward";
 
   typename decltype(whole)::Cache cache;
   typename decltype(part)::Cache my_cache;
@@ -84,12 +75,12 @@ void expect_expert_parallel_matches(const G& gate, const X& bank, const std::opt
   whole.backward(cache, d_y, d_x, grads);
   part.forward(my_x, my_y, my_cache);
   part.backward(my_cache, my_d_y, my_d_x, my_grads);
-  EXPECT_TRUE(same_bits(my_y, y, first)) << "training forward";
-  EXPECT_TRUE(same_bits(my_d_x, d_x, first)) << "d_x";
+  EXPECT_TRUE(test::same_bits_as_rows(my_y, y, first)) << "training forward";
+  EXPECT_TRUE(test::same_bits_as_rows(my_d_x, d_x, first)) << "d_x";
   for (Index i = 0, e = mine.first; i < mine.count; ++i, ++e) {
-    EXPECT_TRUE(same_bits(my_grads.experts.w1()[i], grads.experts.w1()[e])) << "w1 of expert " << e;
-    EXPECT_TRUE(same_bits(my_grads.experts.w2()[i], grads.experts.w2()[e])) << "w2 of expert " << e;
-    EXPECT_TRUE(same_bits(my_grads.experts.w3()[i], grads.experts.w3()[e])) << "w3 of expert " << e;
+    EXPECT_TRUE(test::same_bits_as_rows(my_grads.experts.w1()[i], grads.experts.w1()[e])) << "w1 of expert " << e;
+    EXPECT_TRUE(test::same_bits_as_rows(my_grads.experts.w2()[i], grads.experts.w2()[e])) << "w2 of expert " << e;
+    EXPECT_TRUE(test::same_bits_as_rows(my_grads.experts.w3()[i], grads.experts.w3()[e])) << "w3 of expert " << e;
   }
 }
 

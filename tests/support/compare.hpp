@@ -1,4 +1,4 @@
-// Helpers shared by every test: seeded inputs and the normalised error ‖a − b‖² / ‖b‖².
+// Helpers shared by every test: seeded inputs, the normalised error ‖a − b‖² / ‖b‖², bit equality.
 #pragma once
 
 #include <moe/random.hpp>
@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 namespace moe::test {
 
@@ -31,6 +33,17 @@ RowMatrix<S> random_matrix(Index rows, Index cols, std::uint64_t seed) {
   RowMatrix<S> m(rows, cols);
   for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<S>(uniform(rng, -1.0, 1.0));
   return m;
+}
+
+// Whether a has the bits of rows [first, first + a.rows()) of b (NaN-safe, unlike ==).
+template <class A, class B>
+bool same_bits_as_rows(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<B>& b, Index first = 0) {
+  static_assert(std::is_same_v<typename A::Scalar, typename B::Scalar>);
+  if (a.cols() != b.cols() || first < 0 || first + a.rows() > b.rows()) return false;
+  for (Index i = 0; i < a.rows(); ++i)
+    for (Index j = 0; j < a.cols(); ++j)
+      if (const typename A::Scalar u = a(i, j), v = b(first + i, j); std::memcmp(&u, &v, sizeof u) != 0) return false;
+  return true;
 }
 
 using Scalars = ::testing::Types<float, double>;
