@@ -17,6 +17,7 @@
 #include "moe/kernels/dispatch.hpp"
 #include "moe/routing.hpp"
 
+#include <span>
 #include <type_traits>
 
 namespace moe {
@@ -34,6 +35,9 @@ struct LocalExchange {
   // Exchanges to run when this process needs `rounds` (chunked inference): an exchange between
   // processes agrees on the most any of them needs.
   Index rounds(Index rounds) const { return rounds; }
+  // values = their sum over the processes (one process: as they are).
+  void sum(std::span<Index>) const {}
+  void sum(std::span<double>) const {}
 
   // batch = the rows of x routed to the experts `owned`, expert-major; with_scales: batch.scale =
   // the routing weight of each row.

@@ -69,7 +69,7 @@ void infer(const Exchange& exchange, X& experts, Shared& shared, Index num_exper
            ConstMatrixRef<S> x, MatrixRef<S> y, Work& work, Route&& route) {
   [[maybe_unused]] const EigenSingleThreaded single_threaded_eigen;
   route(work.plan);
-  compute_routing_stats(work.plan, work.stats);
+  compute_routing_stats(work.plan, work.stats, exchange);
   if constexpr (!std::is_const_v<X>)
     if (shared) shared->prepack();
   const Index T = x.rows();

@@ -268,7 +268,7 @@ class BasicSparseMoE {
                               [&](MatrixRef<S> routed) { shared_->forward_add(x, routed, threads(), tokens.shared); });
     tokens.training = true;
     last_plan_ = tokens.plan;
-    compute_routing_stats(tokens.plan, stats_);
+    compute_routing_stats(tokens.plan, stats_, exchange_);
   }
 
   Exchange exchange_;

@@ -8,9 +8,11 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 namespace moe::mpi {
 
@@ -52,8 +54,33 @@ inline void check_agree(MPI_Comm comm, const char* who, const char* what, long l
 
 template <class S>
 MPI_Datatype scalar_type() {
-  static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>);
-  return std::is_same_v<S, float> ? MPI_FLOAT : MPI_DOUBLE;
+  static_assert(std::is_same_v<S, float> || std::is_same_v<S, double> || std::is_same_v<S, long long>);
+  if constexpr (std::is_same_v<S, float>) return MPI_FLOAT;
+  else if constexpr (std::is_same_v<S, double>) return MPI_DOUBLE;
+  else return MPI_LONG_LONG;
+}
+
+// values[0, count) = their sum over the ranks of comm, added in rank order, so that every rank
+// gets the same bits whatever order MPI's own reductions take (a collective: every rank passes the
+// same count). Gathered a million values at a time.
+template <class T>
+void sum_in_rank_order(MPI_Comm comm, T* values, Index count) {
+  const int ranks = size_of(comm);
+  if (ranks == 1) return;
+  constexpr Index kChunk = Index(1) << 20;
+  std::vector<T> all;
+  for (Index at = 0; at < count; at += kChunk) {
+    const Index m = std::min(kChunk, count - at);
+    all.resize(static_cast<std::size_t>(m * ranks));
+    check(MPI_Allgather(values + at, static_cast<int>(m), scalar_type<T>(), all.data(), static_cast<int>(m),
+                        scalar_type<T>(), comm),
+          "MPI_Allgather");
+    for (Index i = 0; i < m; ++i) {
+      T sum = all[static_cast<std::size_t>(i)];
+      for (int r = 1; r < ranks; ++r) sum += all[static_cast<std::size_t>(r * m + i)];
+      values[at + i] = sum;
+    }
+  }
 }
 
 // MPI's type of `cols` contiguous scalars: one row. Freed with the object.

@@ -25,6 +25,8 @@
 
 #include <mpi.h>
 
+#include <cstdint>
+#include <span>
 #include <vector>
 
 namespace moe::mpi {
@@ -71,6 +73,18 @@ class MpiExchange {
     long long most = rounds;
     detail::check(MPI_Allreduce(MPI_IN_PLACE, &most, 1, MPI_LONG_LONG, MPI_MAX, comm_), "MPI_Allreduce");
     return static_cast<Index>(most);
+  }
+
+  // values = their sum over the ranks (routing statistics, losses): counts exactly, reals in
+  // rank order (the same bits on every rank).
+  void sum(std::span<Index> values) const {
+    static_assert(sizeof(Index) == sizeof(std::int64_t));
+    detail::check(MPI_Allreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_INT64_T, MPI_SUM,
+                                comm_),
+                  "MPI_Allreduce");
+  }
+  void sum(std::span<double> values) const {
+    detail::sum_in_rank_order(comm_, values.data(), static_cast<Index>(values.size()));
   }
 
   void dispatch(const RoutingPlan<S>& plan, ConstMatrixRef<S> x, ExpertRange owned, bool with_scales, Record& record,
