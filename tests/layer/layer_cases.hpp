@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -116,7 +117,8 @@ void expect_same_plan(const RoutingPlan<S>& a, const RoutingPlan<S>& b) {
   EXPECT_TRUE(same_bits(a.scores, b.scores)) << "scores differ";
 }
 
-inline void expect_same_stats(const RoutingStats& a, const RoutingStats& b) {
+// Equal statistics; the mean entropy within `entropy_tolerance` (relative; 0: the same bits).
+inline void expect_same_stats(const RoutingStats& a, const RoutingStats& b, double entropy_tolerance = 0) {
   EXPECT_EQ(a.num_tokens, b.num_tokens);
   EXPECT_EQ(a.assignments, b.assignments);
   EXPECT_EQ(a.dropped, b.dropped);
@@ -125,7 +127,10 @@ inline void expect_same_stats(const RoutingStats& a, const RoutingStats& b) {
   EXPECT_EQ(a.unused_experts, b.unused_experts);
   EXPECT_EQ(a.max_load, b.max_load);
   EXPECT_EQ(a.mean_load, b.mean_load);
-  EXPECT_EQ(a.router_entropy, b.router_entropy);
+  if (entropy_tolerance == 0)
+    EXPECT_EQ(a.router_entropy, b.router_entropy);
+  else
+    EXPECT_NEAR(a.router_entropy, b.router_entropy, entropy_tolerance * std::max(1.0, b.router_entropy));
 }
 
 }  // namespace moe::test::cases

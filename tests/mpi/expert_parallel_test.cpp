@@ -4,6 +4,7 @@
 // the same bits — for every rank count ctest runs (1–4), with shares of any size (empty too); the
 // routing statistics are the whole batch's, and the replicated parameters' gradients, summed over
 // the ranks, those of one process within rounding.
+#include "layer/layer_cases.hpp"
 #include "support/compare.hpp"
 
 #include <moe/moe.hpp>
@@ -47,20 +48,6 @@ X slice(const X& all, Index first, Index count) {
   return part;
 }
 
-// Statistics of all ranks' tokens: the counts exactly those of one process, the mean entropy
-// within rounding (its sum over tokens is grouped by rank).
-void expect_same_stats(const RoutingStats& a, const RoutingStats& b) {
-  EXPECT_EQ(a.num_tokens, b.num_tokens);
-  EXPECT_EQ(a.assignments, b.assignments);
-  EXPECT_EQ(a.dropped, b.dropped);
-  EXPECT_EQ(a.tokens_per_expert, b.tokens_per_expert);
-  EXPECT_EQ(a.load_fraction, b.load_fraction);
-  EXPECT_EQ(a.unused_experts, b.unused_experts);
-  EXPECT_EQ(a.max_load, b.max_load);
-  EXPECT_EQ(a.mean_load, b.mean_load);
-  EXPECT_NEAR(a.router_entropy, b.router_entropy, 1e-12 * std::max(1.0, b.router_entropy));
-}
-
 // The router's and shared experts' gradients summed over the ranks (sum_replicated_gradients)
 // against one process's: bit for bit on one rank; otherwise within 1e-5 of the largest |gradient|
 // (each is a float sum over tokens, grouped by rank).
@@ -98,7 +85,8 @@ void expect_expert_parallel_matches(const G& gate, const X& bank, const std::opt
   whole.forward(x, y);
   part.forward(my_x, my_y);
   EXPECT_TRUE(test::same_bits_as_rows(my_y, y, first)) << "inference";
-  expect_same_stats(part.last_stats(), whole.last_stats());
+  // the counts exactly, the mean entropy within rounding (its sum over tokens is grouped by rank)
+  test::cases::expect_same_stats(part.last_stats(), whole.last_stats(), 1e-12);
   part.set_chunk_tokens(3);  // ranks with fewer chunks join the others' exchanges
   my_y.setZero();
   typename decltype(part)::Workspace work;
@@ -116,7 +104,7 @@ void expect_expert_parallel_matches(const G& gate, const X& bank, const std::opt
   part.backward(my_cache, my_d_y, my_d_x, my_grads);
   EXPECT_TRUE(test::same_bits_as_rows(my_y, y, first)) << "training forward";
   EXPECT_TRUE(test::same_bits_as_rows(my_d_x, d_x, first)) << "d_x";
-  expect_same_stats(part.last_stats(), whole.last_stats());
+  test::cases::expect_same_stats(part.last_stats(), whole.last_stats(), 1e-12);
   expect_replicated_gradients_match(my_grads, grads);
   for (Index i = 0, e = mine.first; i < mine.count; ++i, ++e) {
     EXPECT_TRUE(test::same_bits_as_rows(my_grads.experts.w1()[i], grads.experts.w1()[e])) << "w1 of expert " << e;
