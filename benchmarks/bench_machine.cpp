@@ -8,6 +8,8 @@
 //                                     on each of <n> threads: the compute limit.
 //   BM_Machine_DramRead/threads:<n>   GBps: a vectorised sum of 1 GiB split between <n> threads:
 //                                     the read bandwidth limit (one stream per thread).
+//   BM_Machine_Bf16DotPeak/threads:<n>  GFLOPS of bf16 dot products (vdpbf16ps) likewise, where the
+//                                     CPU has them.
 #include "machine.hpp"
 #include "registration.hpp"
 #include "shapes.hpp"

@@ -4,6 +4,8 @@
 //                 leave registers, on each of <n> threads: GFLOPS is the compute limit.
 //   BM_Machine_DramRead/threads:<n>   a vectorised sum of a 1 GiB buffer split between <n>
 //                 threads: GBps is the read bandwidth limit.
+//   BM_Machine_Bf16DotPeak/threads:<n>   the FMA peak's loop with bf16 dot products (vdpbf16ps),
+//                 on CPUs that have them: the bf16 kernels' compute limit.
 // fma_peak_gflops() times the first's loop again, next to a benchmark that reports a peak_fraction;
 // evict_caches() and evicts_caches() keep decode's weights coming from DRAM.
 #pragma once
@@ -11,6 +13,7 @@
 #include "registration.hpp"
 #include "shapes.hpp"
 
+#include <moe/isa.hpp>
 #include <moe/types.hpp>
 
 #include <Eigen/Core>
@@ -31,6 +34,9 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if MOE_X86_KERNELS
+#include <immintrin.h>
 #endif
 
 namespace moe::bench {
@@ -109,6 +115,36 @@ inline double fma_peak_gflops(int windows = 16) {
   return best;
 }
 
+#if MOE_X86_KERNELS
+// BM_Machine_FmaPeak's loop with the bf16 dot product instead (vdpbf16ps: 16 lanes × a pair of
+// products × multiply and add = 64 FLOPs an instruction), for the CPUs that have it: the compute
+// limit of the avx512bf16 kernels. a and b as in fma_chains, rounded to bf16 pairs.
+inline constexpr double kDotFlopsPerPass = 64.0 * kFmaAccumulators * static_cast<double>(kFmaSteps);
+
+__attribute__((target("avx512f,avx512bf16"))) inline float dot_chains(float a, float b) {
+  const __m512bh pa = _mm512_cvtne2ps_pbh(_mm512_set1_ps(a), _mm512_set1_ps(a));
+  const __m512bh pb = _mm512_cvtne2ps_pbh(_mm512_set1_ps(b), _mm512_set1_ps(b));
+  __m512 acc[kFmaAccumulators];
+  for (int i = 0; i < kFmaAccumulators; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+  for (long step = 0; step < kFmaSteps; ++step)
+    for (int i = 0; i < kFmaAccumulators; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], pa, pb);
+  for (int i = 1; i < kFmaAccumulators; ++i) acc[0] = _mm512_add_ps(acc[0], acc[i]);
+  return _mm512_reduce_add_ps(acc[0]);
+}
+
+inline void BM_Machine_Bf16DotPeak(benchmark::State& state, int threads) {
+  const float a = fma_operands().second;  // 1e-6: the sums stay small and normal
+  std::vector<float> results(static_cast<std::size_t>(threads));
+  for (auto _ : state) {
+    on_threads(threads, [&](int thread) { results[static_cast<std::size_t>(thread)] = dot_chains(a, a); });
+    benchmark::DoNotOptimize(results.data());
+    benchmark::ClobberMemory();
+  }
+  add_rate(state, "GFLOPS", kDotFlopsPerPass * threads * 1e-9 * static_cast<double>(state.iterations()));
+  state.SetLabel("vdpbf16ps, " + std::to_string(kFmaAccumulators) + " accumulators");
+}
+#endif
+
 // Σ p[0, n), eight packet accumulators deep so the adds keep up with the loads.
 inline float sum_floats(const float* p, std::size_t n) {
   constexpr std::size_t kLanes = kPacketFloats, kChains = 8;
@@ -163,6 +199,11 @@ inline void BM_Machine_DramRead(benchmark::State& state, int threads) {
 inline void register_machine_benchmarks(std::span<const int> thread_counts) {
   for (const int threads : thread_counts)
     add("BM_Machine_FmaPeak/threads:" + std::to_string(threads), BM_Machine_FmaPeak, threads);
+#if MOE_X86_KERNELS
+  if (detected_isa() >= Isa::avx512bf16)
+    for (const int threads : thread_counts)
+      add("BM_Machine_Bf16DotPeak/threads:" + std::to_string(threads), BM_Machine_Bf16DotPeak, threads);
+#endif
   for (const int threads : thread_counts)
     add("BM_Machine_DramRead/threads:" + std::to_string(threads), BM_Machine_DramRead, threads);
 }

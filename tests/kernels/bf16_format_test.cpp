@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -90,24 +91,39 @@ TEST(Bf16Format, PackWeightRowsFromFp32AndFromFileBytesAgree) {
   }
 }
 
-// pack_input: micro-panels [padded depth][mr] of bf16-rounded values, zeros at the padded depth,
-// nothing written past input_size.
+// pack_input on every path: micro-panels [padded depth][mr] of bf16-rounded values, zeros at the
+// padded depth — as floats, or as pairs of bf16 in the slot of the pair's first depth for the
+// kernels that multiply pairs — and nothing written past input_size.
 TEST(Bf16Format, PackInputRoundsToBf16AndPadsTheDepth) {
   const Index m = F::kMR + 5, depth = 9, padded = F::packed_depth(depth);
   const RowMatrix<float> x = random_matrix<float>(m, depth, 2);
-  std::vector<float> packed(static_cast<std::size_t>(F::input_size(m, depth) + 4), -7.0f);
-  F::pack_input(moe::kernels::strided<float>(x), m, depth, packed.data());
-  for (Index q0 = 0; q0 < m; q0 += F::kMR) {
-    const Index mr = std::min<Index>(F::kMR, m - q0);
-    for (Index i = 0; i < mr; ++i)
-      for (Index k = 0; k < padded; ++k)
-        EXPECT_EQ(packed[static_cast<std::size_t>(q0 * padded + k * mr + i)], k < depth ? to_bf16(x(q0 + i, k)) : 0.0f);
+  const auto bf16_at = [&](Index r, Index k) { return k < depth ? moe::detail::float_to_bf16(x(r, k)) : F::Weight(0); };
+  for (const moe::Isa isa : moe::kernels::isa_paths<F>()) {
+    SCOPED_TRACE(moe::isa_name(isa));
+    const moe::ScopedIsaCap cap(isa);
+    std::vector<float> packed(static_cast<std::size_t>(F::input_size(m, depth) + 4), -7.0f);
+    F::pack_input(moe::kernels::strided<float>(x), m, depth, packed.data());
+    for (Index q0 = 0; q0 < m; q0 += F::kMR) {
+      const Index mr = std::min<Index>(F::kMR, m - q0);
+      for (Index i = 0; i < mr; ++i)
+        for (Index k = 0; k < padded; ++k) {
+          const float slot = packed[static_cast<std::size_t>(q0 * padded + k * mr + i)];
+          if (!F::kernels().a_pairs) {
+            EXPECT_EQ(slot, moe::detail::bf16_to_float(bf16_at(q0 + i, k)));
+          } else if (k % 2 == 0) {
+            EXPECT_EQ(std::bit_cast<std::uint32_t>(slot), bf16_at(q0 + i, k) | std::uint32_t(bf16_at(q0 + i, k + 1)) << 16);
+          } else {
+            EXPECT_EQ(slot, 0.0f);
+          }
+        }
+    }
+    for (Index i = F::input_size(m, depth); i < Index(packed.size()); ++i) EXPECT_EQ(packed[static_cast<std::size_t>(i)], -7.0f);
   }
-  for (Index i = F::input_size(m, depth); i < Index(packed.size()); ++i) EXPECT_EQ(packed[static_cast<std::size_t>(i)], -7.0f);
 }
 
 // The micro-kernels of every path against the triple loop over the same bf16 values, overwriting
-// and accumulating; decode's stream kernels give the micro-kernel's bits; avx2 and avx512 agree.
+// and accumulating; decode's stream kernels give the micro-kernel's bits; avx2 and avx512 agree
+// (both widen and chain FMAs; avx512bf16's dot products round once per pair of depths).
 TEST(Bf16Format, KernelsMatchAPlainLoopOnEveryIsa) {
   const Index depth = 38;  // even: the kernels run over packed_depth
   const RowMatrix<float> w = random_matrix<float>(NR, depth, 3);
@@ -116,6 +132,7 @@ TEST(Bf16Format, KernelsMatchAPlainLoopOnEveryIsa) {
   const RowMatrix<float> b = unpacked_panel(panel, depth);
   std::vector<RowMatrix<float>> by_isa;
   for (const moe::Isa isa : moe::kernels::isa_paths<F>()) {
+    const moe::ScopedIsaCap cap(isa);  // pack_input packs for the active kernels
     const auto& kernels = F::kernels(isa);
     ASSERT_EQ(kernels.isa, isa);
     RowMatrix<float> all(F::kMR * F::kMR, NR);
@@ -140,7 +157,7 @@ TEST(Bf16Format, KernelsMatchAPlainLoopOnEveryIsa) {
           EXPECT_EQ(RowMatrix<float>(Eigen::Map<const RowMatrix<float>>(tiles.data() + p * mr * NR, mr, NR)), tile);
       }
     }
-    if (isa >= moe::Isa::avx2) by_isa.push_back(all);
+    if (isa == moe::Isa::avx2 || isa == moe::Isa::avx512) by_isa.push_back(all);
   }
   for (std::size_t i = 1; i < by_isa.size(); ++i) EXPECT_EQ(by_isa[i], by_isa[0]) << "avx2 and avx512 sum alike";
 }

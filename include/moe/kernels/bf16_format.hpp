@@ -6,8 +6,9 @@
 // with a zero), the layout of the CPU's bf16 dot-product (vdpbf16ps) and matrix (AMX) units.
 // Activations are rounded to bf16 once per block as they are packed (stored as fp32, [depth][mr]
 // like NativeFormat's), so every path multiplies bf16 by bf16 — exactly, in fp32 — and differs
-// from another only in how it sums. Kernels per ISA: AVX-512 and AVX2 widen the pairs to fp32 as
-// they load them (kernels/vectors.hpp) and use FMA; the generic path widens them one by one.
+// from another only in how it sums. Kernels per ISA: AVX512-BF16 multiplies the pairs as they are
+// (vdpbf16ps, with the activations packed as pairs too); AVX-512 and AVX2 widen the pairs to fp32
+// as they load them (kernels/vectors.hpp) and use FMA; the generic path widens them one by one.
 #pragma once
 
 #include "moe/detail/float16.hpp"
@@ -67,17 +68,30 @@ struct Bf16Format {
     pack_pairs(w, panel, column, [](Weight v) { return v; });
   }
 
-  // Inputs pack_input writes for an m × depth A: micro-panels [packed_depth][mr].
+  // Inputs pack_input writes for an m × depth A: micro-panels [packed_depth][mr], for the kernels
+  // of the active ISA: each activation rounded to bf16, as a float — or, for the kernels that
+  // multiply pairs (TileKernels::a_pairs), the pair of depths 2q and 2q + 1 as one 32-bit word
+  // (bf16 bits, the first in the low half) in the slot of depth 2q, and 0 in the slot of 2q + 1.
   static constexpr Index input_size(Index m, Index depth) { return m * packed_depth(depth); }
   static void pack_input(Strided<float> a, Index m, Index depth, Input* out) {
     const Index padded = packed_depth(depth);
+    const bool pairs = kernels().a_pairs;
     for (Index q0 = 0; q0 < m; q0 += kMR) {
       const Index mr = std::min<Index>(kMR, m - q0);
       Input* const panel = out + q0 * padded;
       for (Index i = 0; i < mr; ++i) {
-        for (Index k = 0; k < depth; ++k)
-          panel[k * mr + i] = moe::detail::bf16_to_float(moe::detail::float_to_bf16(a(q0 + i, k)));
-        if (padded > depth) panel[depth * mr + i] = 0;
+        const auto bf16 = [&](Index k) { return k < depth ? moe::detail::float_to_bf16(a(q0 + i, k)) : Weight(0); };
+        for (Index k = 0; k < padded; k += 2) {
+          const Weight first = bf16(k), second = bf16(k + 1);
+          if (pairs) {
+            const std::uint32_t word = first | std::uint32_t(second) << 16;
+            std::memcpy(&panel[k * mr + i], &word, sizeof word);
+            panel[(k + 1) * mr + i] = 0;
+          } else {
+            panel[k * mr + i] = moe::detail::bf16_to_float(first);
+            panel[(k + 1) * mr + i] = moe::detail::bf16_to_float(second);
+          }
+        }
       }
     }
   }

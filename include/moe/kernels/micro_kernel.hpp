@@ -4,7 +4,8 @@
 // in a fixed order, whatever tiles or threads the callers use.
 //
 // One table of kernels per ISA (kernels/tile_kernels.inc compiled for each), chosen at run time:
-// tile_kernels<S>(isa) is the best table at or below `isa` that this build has.
+// tile_kernels<S>(isa) is the best table at or below `isa` that this build has (avx512bf16 has
+// its own only for bf16 weights: the others run avx512's).
 #pragma once
 
 #include "moe/isa.hpp"
@@ -15,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -46,6 +48,7 @@ struct TileKernels {
   static constexpr int kMR = Blocking<S>::kMR, kNR = Blocking<S>::kNR;
 
   Isa isa;
+  bool a_pairs;  // the packed A holds bf16 pairs (kDotPairs in tile_kernels.inc; Bf16Format::pack_input)
   std::array<Micro, kMR> micro;
   int stream_width, stream_rows;
   std::array<Stream, kMR> stream;  // [m − 1] for m ≤ stream_rows
@@ -78,6 +81,11 @@ namespace avx512 {
 #include "moe/kernels/tile_kernels.inc"
 }  // namespace avx512
 MOE_TARGET_END
+MOE_TARGET_BEGIN(MOE_TARGET_AVX512BF16)
+namespace avx512bf16 {
+#include "moe/kernels/tile_kernels.inc"
+}  // namespace avx512bf16
+MOE_TARGET_END
 #endif  // MOE_X86_KERNELS
 
 // The best kernels for S from weights W at or below `isa` that this build has.
@@ -85,6 +93,11 @@ template <class S, class W = S>
 const TileKernels<S, W>& tile_kernels(Isa isa) {
   constexpr auto rows = std::make_index_sequence<Blocking<S>::kMR>{};
 #if MOE_X86_KERNELS
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<W, std::uint16_t>)
+    if (isa >= Isa::avx512bf16) {
+      static constexpr TileKernels<S, W> kernels = avx512bf16::make_tile_kernels<Avx512Bf16Vec, W>(Isa::avx512bf16, rows);
+      return kernels;
+    }
   if (isa >= Isa::avx512) {
     static constexpr TileKernels<S, W> kernels = avx512::make_tile_kernels<Avx512Vec<S>, W>(Isa::avx512, rows);
     return kernels;

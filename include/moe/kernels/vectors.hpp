@@ -2,7 +2,8 @@
 // are written in: Reg, kWidth (scalars per register), kRegisters (in the register file),
 // zero / load / store / broadcast / fma (a·b + c, one rounding where the ISA has FMA), and, for
 // float, widen_bf16_pairs (kWidth pairs of bfloat16, [j][2], into a register of their first
-// halves and one of their second: how the bf16 kernels read a weight panel). GenericVec is
+// halves and one of their second: how the bf16 kernels read a weight panel) — or, where the ISA
+// multiplies bf16 pairs itself, dot_pairs (Avx512Bf16Vec). GenericVec is
 // Eigen's packet for whatever the compiler targets; the x86 ones are compiled for their ISA
 // whatever the build's flags (MOE_TARGET_BEGIN), and only called once moe::active_isa() says the
 // CPU has it.
@@ -14,6 +15,7 @@
 #include "moe/types.hpp"
 
 #include <cstdint>
+#include <cstring>
 
 #if MOE_X86_KERNELS
 #include <immintrin.h>
@@ -57,6 +59,7 @@ struct GenericVec {
 #endif
 #define MOE_TARGET_AVX2 "avx2,fma"
 #define MOE_TARGET_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"
+#define MOE_TARGET_AVX512BF16 "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma"
 
 #define MOE_VEC_OP __attribute__((always_inline)) static inline
 
@@ -127,6 +130,24 @@ struct Avx512Vec<double> {
   MOE_VEC_OP void store(double* to, Reg r) { _mm512_storeu_pd(to, r); }
   MOE_VEC_OP Reg broadcast(double value) { return _mm512_set1_pd(value); }
   MOE_VEC_OP Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_pd(a, b, c); }
+};
+
+MOE_TARGET_END
+
+MOE_TARGET_BEGIN(MOE_TARGET_AVX512BF16)
+
+// AVX-512 with the bf16 dot product: dot_pairs(a, b, c) adds to each fp32 lane of c the products
+// of the bf16 pair in that lane of a with the pair in that lane of b (vdpbf16ps: both products
+// exact, DAZ/FTZ, rounded to nearest). The weights stay pairs (load_pairs) and the activations
+// come as pairs too, one 32-bit word broadcast to every lane (broadcast_pair).
+struct Avx512Bf16Vec : Avx512Vec<float> {
+  MOE_VEC_OP Reg load_pairs(const std::uint16_t* from) { return _mm512_castsi512_ps(_mm512_loadu_si512(from)); }
+  MOE_VEC_OP Reg broadcast_pair(const float* pair) {
+    std::int32_t word;
+    std::memcpy(&word, pair, sizeof word);
+    return _mm512_castsi512_ps(_mm512_set1_epi32(word));
+  }
+  MOE_VEC_OP Reg dot_pairs(Reg a, Reg b, Reg c) { return _mm512_dpbf16_ps(c, (__m512bh)a, (__m512bh)b); }
 };
 
 MOE_TARGET_END
