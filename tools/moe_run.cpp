@@ -11,7 +11,11 @@
 // gradient under the checkpoint's names, to compare with PyTorch autograd (--check-dx, --check-grads). The output replaces only a regular file or makes a new one, never one of
 // the inputs (moe::io's writers refuse devices, FIFOs, sockets and, without --follow-symlinks,
 // symbolic links). Exit status: 0 on success (and --help), 2 on bad arguments (with the usage),
-// 1 on any other error or a failed --check.
+// 1 on any other error or a failed --check. Built with MOE_WITH_MPI, it runs under mpirun -np N
+// with the same flags: the experts and the tokens split over the ranks, y and d_x the same bytes
+// (moe_run_ranks.hpp).
+#include "moe_run_ranks.hpp"
+
 #include <moe/io/checkpoint_gradients.hpp>
 #include <moe/moe.hpp>
 
@@ -178,7 +182,8 @@ bool check_gradients(const moe::io::SafetensorsWriter& gradients, const std::str
 // The layer's forward on x (and with --backward its backward), the report and the checks, then
 // the outputs, for expert weights in format F.
 template <class F>
-int run_layer(const Arguments& args, const moe::io::CheckpointFiles& file, moe::io::CheckpointFormat format) {
+int run_layer(const Arguments& args, const moe::io::CheckpointFiles& file, moe::io::CheckpointFormat format,
+              Ranks& ranks) {
   const std::string* d_y_path = args.get("--backward");
   auto options = routing_options(args);
   options.inference_only = d_y_path == nullptr;  // then keep just the packed (e.g. bf16) expert weights
@@ -186,7 +191,7 @@ int run_layer(const Arguments& args, const moe::io::CheckpointFiles& file, moe::
   const double tolerance = args.get("--tolerance") ? number<double>("--tolerance", *args.get("--tolerance")) : 1e-5;
   if (!(tolerance >= 0) || !std::isfinite(tolerance))
     throw UsageError{"--tolerance: '" + *args.get("--tolerance") + "' but expected a finite number >= 0"};
-  auto layer = moe::io::load_checkpoint_layer<float, F>(file, format, prefix, options);
+  auto layer = ranks.load<F>(file, format, prefix, options);
   const auto read_tokens = [&](const std::string& path) {
     auto m = moe::io::NpyFile::open(path).read<float>();
     if (m.cols() != layer.d_model())
@@ -194,29 +199,36 @@ int run_layer(const Arguments& args, const moe::io::CheckpointFiles& file, moe::
                              std::to_string(layer.d_model()));
     return m;
   };
-  const auto x = read_tokens(*args.get("--input"));
+  const auto all_x = read_tokens(*args.get("--input"));
+  const auto [first, count] = ranks.share(all_x.rows());
+  const moe::RowMatrix<float> x = all_x.middleRows(first, count);
   moe::RowMatrix<float> y(x.rows(), x.cols()), d_x;
   std::optional<moe::io::SafetensorsWriter> gradients;
   if (d_y_path) {  // the training forward (y from it) and the backward of L = sum(y * d_y)
     const auto d_y = read_tokens(*d_y_path);
-    if (d_y.rows() != x.rows()) throw moe::shape_error(*d_y_path + ": " + std::to_string(d_y.rows()) + " rows but x has " +
-                                                       std::to_string(x.rows()));
-    typename moe::io::CheckpointLayer<float, F>::Cache cache;
+    if (d_y.rows() != all_x.rows())
+      throw moe::shape_error(*d_y_path + ": " + std::to_string(d_y.rows()) + " rows but x has " +
+                             std::to_string(all_x.rows()));
+    typename decltype(layer)::Cache cache;
     auto grads = layer.make_gradients();
     d_x.resize(x.rows(), x.cols());
     layer.forward(x, y, cache);
-    layer.backward(cache, d_y, d_x, grads);
-    gradients = moe::io::checkpoint_gradients(grads, format, prefix);
+    layer.backward(cache, d_y.middleRows(first, count), d_x, grads);
+    gradients = ranks.gradients(grads, format, prefix);
+    d_x = ranks.gather(d_x, all_x.rows());
   } else {
     layer.forward(x, y);
   }
+  y = ranks.gather(y, all_x.rows());
+  if (!ranks.leads()) return 0;
   std::printf("%s layer '%s' (%s weights): %lld experts, top-%lld, d_model %lld, d_ff %lld%s; %lld tokens\n",
               moe::io::format_name(format).data(), prefix.c_str(), F::name, (long long)layer.num_experts(),
               (long long)layer.gate().config().top_k, (long long)layer.d_model(), (long long)layer.experts().d_ff(),
-              layer.shared() ? " + shared experts" : "", (long long)x.rows());
+              layer.shared() ? " + shared experts" : "", (long long)all_x.rows());
   if (args.stats) {
-    std::printf("kernels: %s (this CPU: %s); routed expert weights in memory: %.1f MB\n", layer.kernels().c_str(),
-                moe::isa_name(moe::detected_isa()).data(), double(std::as_const(layer).experts().weight_bytes()) * 1e-6);
+    std::printf("kernels: %s (this CPU: %s); routed expert weights in memory: %.1f MB%s\n", layer.kernels().c_str(),
+                moe::isa_name(moe::detected_isa()).data(), double(std::as_const(layer).experts().weight_bytes()) * 1e-6,
+                ranks.count() > 1 ? (" on rank 0 of " + std::to_string(ranks.count())).c_str() : "");
     print_stats(layer.last_stats());
   }
 
@@ -241,7 +253,7 @@ int run_layer(const Arguments& args, const moe::io::CheckpointFiles& file, moe::
   return 0;
 }
 
-int run(const Arguments& args) {
+int run(const Arguments& args, Ranks& ranks) {
   const auto format = moe::io::parse_format(*args.get("--format"));
   if (!format) throw UsageError{"--format: '" + *args.get("--format") + "' is not a known format"};
   const auto file = moe::io::CheckpointFiles::open(*args.get("--weights"));
@@ -255,25 +267,28 @@ int run(const Arguments& args) {
     const std::string prefix = args.get("--prefix") ? *args.get("--prefix") : "";
     dtype = moe::io::expert_dtype(file, *format, prefix) == moe::io::Dtype::BF16 ? "bf16" : "f32";
   }
-  if (dtype == "f32") return run_layer<moe::F32>(args, file, *format);
-  if (dtype == "bf16") return run_layer<moe::Bf16>(args, file, *format);
+  if (dtype == "f32") return run_layer<moe::F32>(args, file, *format, ranks);
+  if (dtype == "bf16") return run_layer<moe::Bf16>(args, file, *format, ranks);
   throw UsageError{"--dtype: '" + dtype + "' is not f32 or bf16"};
 }
 
 }  // namespace
 
+// Under mpirun every rank meets the same argument errors: rank 0 reports them.
 int main(int argc, char** argv) {
+  Ranks ranks(argc, argv);
   try {
-    return run(Arguments::parse(argc, argv));
+    return run(Arguments::parse(argc, argv), ranks);
   } catch (const HelpRequested&) {
-    std::fputs(kUsage, stdout);
+    if (ranks.leads()) std::fputs(kUsage, stdout);
     return 0;
   } catch (const UsageError& e) {
+    if (!ranks.leads()) return 2;
     if (!e.message.empty()) std::fprintf(stderr, "moe-run: %s\n", e.message.c_str());
     std::fputs(kUsage, stderr);
     return 2;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-run: %s\n", e.what());
+    if (ranks.leads()) std::fprintf(stderr, "moe-run: %s\n", e.what());
     return 1;
   }
 }

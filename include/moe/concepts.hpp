@@ -136,6 +136,10 @@ namespace moe {
 //             ∂value/∂(plan.weight, plan.scores, plan.logits, plan.noise_std) (accumulated), each
 //             with the others held fixed. A loss of the scores writes d_scores: it needs no
 //             knowledge of the score function (the gate maps d_scores to its logits).
+// evaluate(plan, mask, grads, sums), optional: the same for a batch split over processes (expert
+//   parallelism): sums(std::span<double>) replaces its argument by the sum over the processes, the
+//   same bits on every one; every process calls it the same number of times with the same sizes.
+//   The built-in losses have it; a layer whose experts are split refuses a loss without it.
 template <class L>
 concept AuxLoss = requires(const L& loss, const RoutingPlan<typename L::Scalar>& plan,
                            std::span<const std::uint8_t> mask, RouterGradients<typename L::Scalar>* grads) {

@@ -3,9 +3,11 @@
 // (split in order) with its range of the experts; y, d_x and every expert's gradients must have
 // the same bits — for every rank count ctest runs (1–4), with shares of any size (empty too); the
 // routing statistics are the whole batch's, and the replicated parameters' gradients, summed over
-// the ranks, those of one process within rounding.
+// the ranks, those of one process within rounding; the auxiliary losses are the whole batch's, and
+// capacity is per rank.
 #include "layer/layer_cases.hpp"
 #include "support/compare.hpp"
+#include "support/throws.hpp"
 
 #include <moe/moe.hpp>
 #include <moe/mpi/exchange.hpp>
@@ -15,7 +17,10 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace moe {
 namespace MOE_TEST_FILE_ID {
@@ -34,16 +39,16 @@ ExpertConfig experts(Index count, std::uint64_t seed) {
   return {.num_experts = count, .d_model = kD, .d_ff = kFf, .seed = seed};
 }
 
-// Experts [first, first + count) of `all`, as a bank of their own.
+// The experts `ids` of `all`, as a bank of their own.
 template <class X>
-X slice(const X& all, Index first, Index count) {
+X slice(const X& all, const std::vector<Index>& ids) {
   ExpertConfig config = all.config();
-  config.num_experts = count;
+  config.num_experts = Index(ids.size());
   X part(config);
-  for (Index i = 0; i < count; ++i) {
-    part.w1()[i] = all.w1()[first + i];
-    part.w2()[i] = all.w2()[first + i];
-    part.w3()[i] = all.w3()[first + i];
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    part.w1()[Index(i)] = all.w1()[ids[i]];
+    part.w2()[Index(i)] = all.w2()[ids[i]];
+    part.w3()[Index(i)] = all.w3()[ids[i]];
   }
   return part;
 }
@@ -70,12 +75,11 @@ void expect_replicated_gradients_match(Gradients& mine, Gradients& whole) {
 
 template <class X, class G>
 void expect_expert_parallel_matches(const G& gate, const X& bank, const std::optional<SharedExperts<X>>& shared,
-                                    Index T) {
+                                    Index T, const mpi::MpiExchange<float>& exchange) {
   SCOPED_TRACE(testing::Message() << ranks() << " ranks, T = " << T << ", rank " << rank());
   SparseMoE<X, G> whole = shared ? SparseMoE<X, G>(gate, bank, *shared) : SparseMoE<X, G>(gate, bank);
-  mpi::MpiExchange<float> exchange(MPI_COMM_WORLD, kE);
-  const ExpertRange mine = exchange.owned(kE);
-  BasicSparseMoE<mpi::MpiExchange<float>, X, G> part(exchange, gate, slice(bank, mine.first, mine.count), shared);
+  const std::vector<Index> mine = exchange.experts();
+  BasicSparseMoE<mpi::MpiExchange<float>, X, G> part(exchange, gate, slice(bank, mine), shared);
 
   const RowMatrix<float> x = test::random_matrix<float>(T, kD, 61), d_y = test::random_matrix<float>(T, kD, 62);
   const auto [first, count] = share(T);
@@ -106,7 +110,8 @@ void expect_expert_parallel_matches(const G& gate, const X& bank, const std::opt
   EXPECT_TRUE(test::same_bits_as_rows(my_d_x, d_x, first)) << "d_x";
   test::cases::expect_same_stats(part.last_stats(), whole.last_stats(), 1e-12);
   expect_replicated_gradients_match(my_grads, grads);
-  for (Index i = 0, e = mine.first; i < mine.count; ++i, ++e) {
+  for (Index i = 0; i < Index(mine.size()); ++i) {
+    const Index e = mine[static_cast<std::size_t>(i)];
     EXPECT_TRUE(test::same_bits_as_rows(my_grads.experts.w1()[i], grads.experts.w1()[e])) << "w1 of expert " << e;
     EXPECT_TRUE(test::same_bits_as_rows(my_grads.experts.w2()[i], grads.experts.w2()[e])) << "w2 of expert " << e;
     EXPECT_TRUE(test::same_bits_as_rows(my_grads.experts.w3()[i], grads.experts.w3()[e])) << "w3 of expert " << e;
@@ -120,13 +125,188 @@ TEST(ExpertParallel, DeepSeekV3RoutingWithSharedExperts) {
   for (const Index T : {Index(37), Index(2), Index(0)})
     expect_expert_parallel_matches(
         gate, SwiGluExpert<float>(experts(kE, 2)),
-        std::optional(SharedExperts<SwiGluExpert<float>>(SwiGluExpert<float>(experts(2, 3)))), T);
+        std::optional(SharedExperts<SwiGluExpert<float>>(SwiGluExpert<float>(experts(2, 3)))), T,
+        mpi::MpiExchange<float>(MPI_COMM_WORLD, kE));
 }
 
 TEST(ExpertParallel, MixtralRoutingWithBf16Experts) {
   using X = SwiGluExpert<float, Bf16>;
   expect_expert_parallel_matches(TopKGate<float>({.d_model = kD, .num_experts = kE, .top_k = 2, .seed = 4}),
-                                 X(experts(kE, 5)), std::optional<SharedExperts<X>>(), 53);
+                                 X(experts(kE, 5)), std::optional<SharedExperts<X>>(), 53,
+                                 mpi::MpiExchange<float>(MPI_COMM_WORLD, kE));
+}
+
+// An explicit placement, experts scattered over the ranks: the same bits, each rank's bank holding
+// its experts in ascending order.
+TEST(ExpertParallel, AnExplicitPlacementGivesTheSameBits) {
+  std::vector<int> placement(kE);
+  for (Index e = 0; e < kE; ++e) placement[std::size_t(e)] = int((e * 5 + 3) % ranks());
+  const mpi::MpiExchange<float> exchange(MPI_COMM_WORLD, placement);
+  std::vector<Index> expected;
+  for (Index e = 0; e < kE; ++e)
+    if (placement[std::size_t(e)] == rank()) expected.push_back(e);
+  EXPECT_EQ(exchange.experts(), expected);
+  for (const Index T : {Index(41), Index(1)})
+    expect_expert_parallel_matches(TopKGate<float>({.d_model = kD, .num_experts = kE, .top_k = 3, .seed = 14}),
+                                   SwiGluExpert<float>(experts(kE, 15)), std::optional<SharedExperts<SwiGluExpert<float>>>(),
+                                   T, exchange);
+}
+
+TEST(ExpertParallel, RanksThatDisagreeOnThePlacementAllThrow) {
+  if (ranks() == 1) GTEST_SKIP() << "needs 2 ranks";
+  std::vector<int> placement(kE, 0);
+  placement[3] = rank() == 0 ? 0 : 1;
+  const auto disagree = [&] { mpi::MpiExchange<float>(MPI_COMM_WORLD, placement); };
+  test::expect_throw_naming<config_error>(disagree, "disagree on the rank of expert 3");
+  const auto outside = [&] { mpi::MpiExchange<float>(MPI_COMM_WORLD, std::vector<int>(kE, ranks())); };
+  test::expect_throw_naming<config_error>(outside, "placed on rank");
+  const auto idle = [&] { mpi::MpiExchange<float>(MPI_COMM_WORLD, std::vector<int>(kE, 0)); };
+  test::expect_throw_naming<config_error>(idle, "rank 1 of");
+}
+
+// The auxiliary losses of a batch whose sequences are split over the ranks (whole sequences each):
+// every rank's value is the whole batch's (within rounding: the sums over tokens are grouped by
+// rank), and d_x keeps the single-process bits — the losses' gradients depend on the whole batch
+// only through counts, which the ranks sum exactly. DeepSeek-V3's bias update from the statistics
+// moves every rank's bias as one process's.
+TEST(ExpertParallel, AuxiliaryLossesAndTheBiasUpdateAreTheWholeBatchs) {
+  using X = SwiGluExpert<float>;
+  using G = TopKGate<float>;
+  constexpr Index kSequence = 4, kSequences = 7, T = kSequence * kSequences;
+  const G gate({.d_model = kD, .num_experts = kE, .top_k = 2, .selection_bias = true, .seed = 8});
+  const X bank(experts(kE, 9));
+  const LoadBalancingLoss<float> balance;
+  const RouterZLoss<float> z_loss;
+  const SequenceBalanceLoss<float> sequence_balance({.sequence_length = kSequence});
+  SparseMoE<X, G, LoadBalancingLoss<float>, RouterZLoss<float>, SequenceBalanceLoss<float>> whole(
+      gate, bank, balance, z_loss, sequence_balance);
+  mpi::MpiExchange<float> exchange(MPI_COMM_WORLD, kE);
+  BasicSparseMoE<mpi::MpiExchange<float>, X, G, LoadBalancingLoss<float>, RouterZLoss<float>,
+                 SequenceBalanceLoss<float>>
+      part(exchange, gate, slice(bank, exchange.experts()), std::nullopt, balance, z_loss, sequence_balance);
+
+  const Index first = kSequence * (kSequences * rank() / ranks());
+  const Index count = kSequence * (kSequences * (rank() + 1) / ranks()) - first;
+  const RowMatrix<float> x = test::random_matrix<float>(T, kD, 63), d_y = test::random_matrix<float>(T, kD, 64);
+  std::vector<std::uint8_t> mask(T, 1);
+  mask[5] = mask[6] = 0;  // padding inside the second sequence
+  for (Index t = 8; t < 12; ++t) mask[static_cast<std::size_t>(t)] = 0;  // a sequence of padding only
+  const std::span<const std::uint8_t> my_mask(mask.data() + first, static_cast<std::size_t>(count));
+
+  RowMatrix<float> y(T, kD), my_y(count, kD), d_x(T, kD), my_d_x(count, kD);
+  typename decltype(whole)::Cache cache;
+  typename decltype(part)::Cache my_cache;
+  auto grads = whole.make_gradients();
+  auto my_grads = part.make_gradients();
+  const double aux = whole.forward(x, y, cache, mask);
+  const double my_aux = part.forward(x.middleRows(first, count), my_y, my_cache, my_mask);
+  EXPECT_NEAR(my_aux, aux, 1e-12 * std::abs(aux));
+  whole.backward(cache, d_y, d_x, grads);
+  part.backward(my_cache, d_y.middleRows(first, count), my_d_x, my_grads);
+  EXPECT_TRUE(test::same_bits_as_rows(my_y, y, first)) << "y";
+  EXPECT_TRUE(test::same_bits_as_rows(my_d_x, d_x, first)) << "d_x";
+  expect_replicated_gradients_match(my_grads, grads);
+
+  Vector<float> bias = gate.selection_bias(), my_bias = gate.selection_bias();
+  update_selection_bias(bias, whole.last_stats().tokens_per_expert);
+  update_selection_bias(my_bias, part.last_stats().tokens_per_expert);
+  EXPECT_EQ(my_bias, bias);
+}
+
+// Capacity is per rank: each rank's gate drops among its own tokens (capacity = factor · T_rank ·
+// k / E), as GShard and Switch apply capacity per group of tokens on a device. So the layer over
+// the ranks gives each rank's tokens the output one process gives that share alone.
+TEST(ExpertParallel, CapacityIsAppliedToEachRanksTokens) {
+  using X = SwiGluExpert<float>;
+  const TopKGate<float> gate({.d_model = kD, .num_experts = kE, .top_k = 2, .capacity = {.factor = 1.0}, .seed = 10});
+  const X bank(experts(kE, 11));
+  SparseMoE<X, TopKGate<float>> one(gate, bank);
+  mpi::MpiExchange<float> exchange(MPI_COMM_WORLD, kE);
+  BasicSparseMoE<mpi::MpiExchange<float>, X, TopKGate<float>> part(exchange, gate, slice(bank, exchange.experts()),
+                                                                   std::nullopt);
+  const Index T = 61;
+  const auto [first, count] = share(T);
+  const RowMatrix<float> my_x = test::random_matrix<float>(T, kD, 65).middleRows(first, count);
+  RowMatrix<float> alone(count, kD), my_y(count, kD);
+  one.forward(my_x, alone);
+  part.forward(my_x, my_y);
+  EXPECT_TRUE(test::same_bits_as_rows(my_y, alone));
+  Index dropped = one.last_stats().dropped;
+  exchange.sum(std::span<Index>(&dropped, 1));
+  EXPECT_EQ(part.last_stats().dropped, dropped);
+  EXPECT_GT(dropped, 0) << "capacity factor 1 drops some of 61 tokens' slots";
+}
+
+// A loss that cannot sum over processes would see only its rank's tokens: refused.
+TEST(ExpertParallel, ALossThatSeesOnlyItsRanksTokensIsRefused) {
+  struct LocalOnly {
+    using Scalar = float;
+    double evaluate(const RoutingPlan<float>&, std::span<const std::uint8_t>, RouterGradients<float>*) const {
+      return 0;
+    }
+  };
+  using X = SwiGluExpert<float>;
+  const TopKGate<float> gate({.d_model = kD, .num_experts = kE, .top_k = 2, .seed = 12});
+  mpi::MpiExchange<float> exchange(MPI_COMM_WORLD, kE);
+  const ExpertRange mine = exchange.owned(kE);
+  const auto make = [&] {
+    return BasicSparseMoE<mpi::MpiExchange<float>, X, TopKGate<float>, LocalOnly>(
+        exchange, gate, X(experts(mine.count, 13)), std::nullopt, LocalOnly{});
+  };
+  if (ranks() == 1)
+    EXPECT_NO_THROW(make());
+  else
+    EXPECT_THROW(make(), config_error);
+}
+
+// Layers of different shapes on different ranks: config_error on every rank, at construction.
+TEST(ExpertParallel, RanksThatDisagreeOnTheLayerShapeAllThrow) {
+  if (ranks() == 1) GTEST_SKIP() << "needs 2 ranks";
+  using X = SwiGluExpert<float>;
+  const Index d_model = rank() == 1 ? kD + 1 : kD;
+  mpi::MpiExchange<float> exchange(MPI_COMM_WORLD, kE);
+  const auto make = [&] {
+    BasicSparseMoE<mpi::MpiExchange<float>, X, TopKGate<float>>(
+        exchange, TopKGate<float>({.d_model = d_model, .num_experts = kE, .top_k = 2}),
+        X({.num_experts = exchange.owned(kE).count, .d_model = d_model, .d_ff = kFf}), std::nullopt);
+  };
+  test::expect_throw_naming<config_error>(make, "the ranks disagree on d_model");
+}
+
+// A bad argument on one rank: that rank throws its error, the others an mpi_error naming it — and
+// the next step runs on every rank as if nothing had happened.
+TEST(ExpertParallel, ABadArgumentOnOneRankIsAnExceptionOnEveryRank) {
+  using X = SwiGluExpert<float>;
+  mpi::MpiExchange<float> exchange(MPI_COMM_WORLD, kE);
+  const TopKGate<float> gate({.d_model = kD, .num_experts = kE, .top_k = 2, .seed = 16});
+  const X bank(experts(kE, 17));
+  BasicSparseMoE<mpi::MpiExchange<float>, X, TopKGate<float>> part(exchange, gate, slice(bank, exchange.experts()),
+                                                                   std::nullopt);
+  const bool bad = rank() == ranks() - 1;
+  const RowMatrix<float> x = test::random_matrix<float>(6, kD, 66);
+  RowMatrix<float> y(6, kD), wrong(6, kD + (bad ? 1 : 0));
+  const std::string named = "rank " + std::to_string(ranks() - 1) + " of " + std::to_string(ranks()) +
+                            ": SparseMoE::forward: y.cols() = " + std::to_string(kD + 1);
+  if (bad)
+    test::expect_throw_naming<shape_error>([&] { part.forward(x, wrong); }, "y.cols() = ");
+  else
+    test::expect_throw_naming<mpi::mpi_error>([&] { part.forward(x, wrong); }, named);
+
+  typename decltype(part)::Cache cache;
+  auto grads = part.make_gradients();
+  part.forward(x, y, cache);
+  RowMatrix<float> d_x(bad ? 5 : 6, kD);
+  if (bad)
+    test::expect_throw_naming<shape_error>([&] { part.backward(cache, y, d_x, grads); }, "d_x.rows() = 5");
+  else
+    test::expect_throw_naming<mpi::mpi_error>([&] { part.backward(cache, y, d_x, grads); }, "d_x.rows() = 5");
+
+  SparseMoE<X, TopKGate<float>> whole(gate, bank);
+  RowMatrix<float> all(6 * ranks(), kD), expected(6 * ranks(), kD);
+  for (int r = 0; r < ranks(); ++r) all.middleRows(6 * r, 6) = x;
+  whole.forward(all, expected);
+  part.forward(x, y);
+  EXPECT_TRUE(test::same_bits_as_rows(y, expected, 6 * rank())) << "the step after";
 }
 
 TEST(ExpertParallel, RanksThatDisagreeOnTheExpertCountAllThrow) {

@@ -38,6 +38,16 @@ struct LocalExchange {
   // values = their sum over the processes (one process: as they are).
   void sum(std::span<Index>) const {}
   void sum(std::span<double>) const {}
+  // config_error on every process unless all pass the same value (one process: nothing to check).
+  void check_same(const char*, const char*, long long) const {}
+  // A step of the layer: checks() (its arguments), then body() (its collectives). An exchange
+  // between processes first agrees that every process's checks passed, so that a bad argument on
+  // one process is an exception on all of them rather than a collective that never completes.
+  template <class Checks, class Body>
+  decltype(auto) collective(Checks&& checks, Body&& body) const {
+    checks();
+    return body();
+  }
 
   // batch = the rows of x routed to the experts `owned`, expert-major; with_scales: batch.scale =
   // the routing weight of each row.

@@ -14,13 +14,17 @@
 #include "moe/io/safetensors_writer.hpp"
 
 #include <array>
+#include <span>
 #include <string>
 
 namespace moe::io {
 
+// expert_ids: the checkpoint's id of each expert of the bank (a process's experts under expert
+// parallelism: MpiExchange::experts()); empty: 0, 1, ...
 template <class S, class F>
 SafetensorsWriter checkpoint_gradients(const LayerGradients<S, TopKGate<S>, SwiGluExpert<S, F>>& grads,
-                                       CheckpointFormat format, const std::string& prefix = "") {
+                                       CheckpointFormat format, const std::string& prefix = "",
+                                       std::span<const Index> expert_ids = {}) {
   const bool mixtral = format == CheckpointFormat::mixtral, qwen2 = format == CheckpointFormat::qwen2_moe;
   const std::array<std::string, 3> projection =
       mixtral ? std::array<std::string, 3>{"w1", "w3", "w2"} : std::array<std::string, 3>{"gate_proj", "up_proj", "down_proj"};
@@ -29,7 +33,8 @@ SafetensorsWriter checkpoint_gradients(const LayerGradients<S, TopKGate<S>, SwiG
   // head + "<e>." + projection (a bank), or head + projection (one expert: `single`).
   const auto add_bank = [&](const std::string& head, const SwiGluExpert<S, F>& bank, bool single) {
     for (Index e = 0; e < bank.num_experts(); ++e) {
-      const std::string at = head + (single ? "" : moe::detail::concat(e, "."));
+      const Index id = single || expert_ids.empty() ? e : expert_ids[static_cast<std::size_t>(e)];
+      const std::string at = head + (single ? "" : moe::detail::concat(id, "."));
       out.add(at + projection[0] + ".weight", bank.w1()[e]);
       out.add(at + projection[1] + ".weight", bank.w3()[e]);
       out.add(at + projection[2] + ".weight", bank.w2()[e]);

@@ -56,6 +56,11 @@ class LayerTensors {
         if (!std::isfinite(out(r, c))) not_finite(relative, r, c, std::isnan(out(r, c)));
     }
   }
+  // The tensor's shape checked as read() checks it, and the tensor counted as used, unread (the
+  // experts another process loads).
+  void skip(std::string_view relative, const std::vector<Index>& expected, std::string_view why) {
+    use(relative, expected, why);
+  }
   // The same for a BF16 tensor, as the file holds it (no copy: valid while the file is open).
   kernels::Bf16Rows bf16_rows(std::string_view relative, const std::vector<Index>& expected, std::string_view why) {
     const std::string name = use(relative, expected, why);

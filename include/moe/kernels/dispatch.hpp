@@ -5,20 +5,23 @@
 #include "moe/routing.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace moe::kernels {
 
-// Stable counting sort of the active slots of `plan` by expert.
+// Stable counting sort of the active slots of `plan` by expert — or by bucket(expert), a
+// permutation of [0, E) (an exchange that groups experts by process: mpi/exchange.hpp); offset
+// and rows_of are then per bucket.
 //   plan: expert, dropped [T, k];  dispatch: offset [E + 1], token [rows], row [T * k] (overwritten)
 // Inside an expert, rows are in token order (then slot order), so the result is unique.
-template <class S>
-void build_dispatch(const RoutingPlan<S>& plan, DispatchPlan& dispatch) {
+template <class S, class Bucket = std::identity>
+void build_dispatch(const RoutingPlan<S>& plan, DispatchPlan& dispatch, Bucket&& bucket = {}) {
   const Index T = plan.num_tokens(), k = plan.slots_per_token(), E = plan.num_experts;
   dispatch.offset.assign(static_cast<std::size_t>(E + 1), 0);
   for (Index t = 0; t < T; ++t)
     for (Index j = 0; j < k; ++j)
-      if (plan.active(t, j)) ++dispatch.offset[plan.expert(t, j) + 1];
+      if (plan.active(t, j)) ++dispatch.offset[bucket(Index(plan.expert(t, j))) + 1];
   for (Index e = 0; e < E; ++e) dispatch.offset[e + 1] += dispatch.offset[e];
 
   dispatch.token.resize(static_cast<std::size_t>(dispatch.offset[E]));
@@ -28,7 +31,7 @@ void build_dispatch(const RoutingPlan<S>& plan, DispatchPlan& dispatch) {
   for (Index t = 0; t < T; ++t)
     for (Index j = 0; j < k; ++j) {
       if (!plan.active(t, j)) continue;
-      const Index r = next[plan.expert(t, j)]++;
+      const Index r = next[bucket(Index(plan.expert(t, j)))]++;
       dispatch.token[r] = static_cast<std::int32_t>(t);
       dispatch.row[t * k + j] = static_cast<std::int32_t>(r);
     }

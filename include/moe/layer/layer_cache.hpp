@@ -38,4 +38,18 @@ struct LayerCache {
   } experts;
 };
 
+namespace detail {
+
+// The layer's own buffers for training forwards and backward (a copy of the layer does not copy
+// them: detail::Scratch).
+template <class S, class X>
+struct TrainingBuffers {
+  ExpertRunner<X> runner;
+  RowMatrix<S> routed;  // [≥ T, d_model] routed output before the shared experts
+  RowMatrix<S> d_weight, d_out, d_in;
+  RouterGradients<S> router_grads;
+};
+
+}  // namespace detail
+
 }  // namespace moe

@@ -59,7 +59,7 @@ class BasicSparseMoE {
   BasicSparseMoE(Exchange exchange, G gate, X experts, std::optional<SharedExperts<X>> shared, Losses... losses)
       : exchange_(std::move(exchange)), gate_(std::move(gate)), experts_(std::move(experts)),
         shared_(std::move(shared)), losses_(std::move(losses)...) {
-    detail::check_layer_parts(gate_, experts_, shared_, exchange_.owned(gate_.num_experts()));
+    detail::check_layer<Losses...>(exchange_, gate_, experts_, shared_);
   }
 
   Index d_model() const { return experts_.d_model(); }
@@ -77,9 +77,7 @@ class BasicSparseMoE {
     requires RowMajorTokens<Derived> && std::same_as<typename Derived::Scalar, S>
   void forward(const Eigen::MatrixBase<Derived>& x, MatrixRef<S> y) {
     const ConstMatrixRef<S> rows(x.derived());
-    check_io(rows, y);
-    detail::infer<S>(exchange_, experts_, shared_, num_experts(), threads(), chunk_tokens_, rows, y, own_,
-                     [&](RoutingPlan<S>& plan) { gate_.route(rows, plan, mode_); });
+    infer(rows, y, own_, [&](RoutingPlan<S>& plan) { gate_.route(rows, plan, mode_); });
     last_plan_ = own_.plan;
     stats_ = own_.stats;
   }
@@ -93,9 +91,7 @@ class BasicSparseMoE {
     requires RowMajorTokens<Derived> && std::same_as<typename Derived::Scalar, S> && ConcurrentGate<G>
   void forward(const Eigen::MatrixBase<Derived>& x, MatrixRef<S> y, Workspace& work) const {
     const ConstMatrixRef<S> rows(x.derived());
-    check_io(rows, y);
-    detail::infer<S>(exchange_, experts_, shared_, num_experts(), threads(), chunk_tokens_, rows, y, work,
-                     [&](RoutingPlan<S>& plan) { gate_.route(rows, plan); });
+    infer(rows, y, work, [&](RoutingPlan<S>& plan) { gate_.route(rows, plan); });
   }
 
   // Frees the buffers of the plain forward, training forward and backward (they grow back).
@@ -115,22 +111,20 @@ class BasicSparseMoE {
 
   // Training forward: as above, and fills cache for backward(). mask: empty, or [T] with 0 for
   // padding tokens (the auxiliary losses skip them). Returns Σ of the auxiliary losses (each
-  // already times its coefficient), whose gradients wait in the cache for backward. Noise is
-  // drawn only when mode() is Mode::training.
+  // already times its coefficient) over the whole batch — every process's tokens when the experts
+  // are split over processes — whose gradients wait in the cache for backward. Noise is drawn only
+  // when mode() is Mode::training.
   template <class Derived>
     requires RowMajorTokens<Derived> && std::same_as<typename Derived::Scalar, S>
   double forward(const Eigen::MatrixBase<Derived>& x, MatrixRef<S> y, Cache& cache,
                  std::span<const std::uint8_t> mask = {}) {
     const ConstMatrixRef<S> rows(x.derived());
-    if (!mask.empty()) detail::check_dim("SparseMoE::forward", "mask.size()", Index(mask.size()), "x.rows()", rows.rows());
-    forward_training(rows, y, cache);
-    auto& tokens = cache.tokens;
-    tokens.mask.assign(mask.begin(), mask.end());
-    tokens.aux_grads.reset(tokens.plan);
-    tokens.aux = std::apply(
-        [&](const auto&... loss) { return (0.0 + ... + loss.evaluate(tokens.plan, tokens.mask, &tokens.aux_grads)); },
-        losses_);
-    return tokens.aux;
+    const auto checks = [&] {
+      check_io(rows, y);
+      if (!mask.empty())
+        detail::check_dim("SparseMoE::forward", "mask.size()", Index(mask.size()), "x.rows()", rows.rows());
+    };
+    return exchange_.collective(checks, [&] { return forward_training(rows, y, cache, mask); });
   }
 
   // backward(cache, d_y, d_x, grads)
@@ -143,18 +137,21 @@ class BasicSparseMoE {
     requires TrainableExpert<X> && TrainableGate<G>
   {
     constexpr const char* who = "SparseMoE::backward";
-    check_cache(cache, who);
     const auto& tokens = cache.tokens;
     const Index T = tokens.x.rows();
-    detail::check_dim(who, "d_y.rows()", d_y.rows(), "x.rows()", T);
-    detail::check_dim(who, "d_y.cols()", d_y.cols(), "d_model", d_model());
-    const auto& batch = cache.experts.batch;
-    detail::grow_rows(train_.d_out, batch.num_rows(), d_model());
-    detail::grow_rows(train_.d_weight, T, tokens.plan.slots_per_token());
-    exchange_.combine_backward(tokens.plan, tokens.dispatch, batch, d_y, train_.d_out.topRows(batch.num_rows()),
-                               train_.d_weight.topRows(T));
-    backward_experts(cache, train_.d_out.topRows(batch.num_rows()), train_.d_weight.topRows(T), d_x, grads);
-    if (shared_) shared_->backward(tokens.x, tokens.shared, d_y, d_x, *grads.shared, threads());
+    const auto checks = [&] {
+      detail::check_trained(cache.tokens.training, who);
+      detail::check_backward_io(who, d_model(), T, d_y, d_x);
+    };
+    exchange_.collective(checks, [&] {
+      const auto& batch = cache.experts.batch;
+      detail::grow_rows(train_.d_out, batch.num_rows(), d_model());
+      detail::grow_rows(train_.d_weight, T, tokens.plan.slots_per_token());
+      exchange_.combine_backward(tokens.plan, tokens.dispatch, batch, d_y, train_.d_out.topRows(batch.num_rows()),
+                                 train_.d_weight.topRows(T));
+      backward_experts(cache, train_.d_out.topRows(batch.num_rows()), train_.d_weight.topRows(T), d_x, grads);
+      if (shared_) shared_->backward(tokens.x, tokens.shared, d_y, d_x, *grads.shared, threads());
+    });
   }
 
   // Backward from gradients with respect to each expert output (batch order) and each combine
@@ -165,35 +162,33 @@ class BasicSparseMoE {
                         MatrixRef<S> d_x, Gradients& grads)
     requires TrainableExpert<X> && TrainableGate<G>
   {
-    constexpr const char* who = "SparseMoE::backward";
-    check_cache(cache, who);
-    const auto& tokens = cache.tokens;
-    const auto& batch = cache.experts.batch;
-    const Index T = tokens.x.rows(), k = tokens.plan.slots_per_token(), rows = batch.num_rows();
-    detail::check_dim(who, "d_x.rows()", d_x.rows(), "x.rows()", T);
-    detail::check_dim(who, "d_x.cols()", d_x.cols(), "d_model", d_model());
-    detail::check_dim(who, "d_expert_out.rows()", d_expert_out.rows(), "dispatch rows", rows);
-    detail::check_dim(who, "d_weight.rows()", d_weight.rows(), "x.rows()", T);
-    detail::check_dim(who, "d_weight.cols()", d_weight.cols(), "slots", k);
-    [[maybe_unused]] const detail::EigenSingleThreaded single_threaded_eigen;
-
-    detail::grow_rows(train_.d_in, rows, d_model());
-    train_.runner.backward(experts_, batch, cache.experts.saved, d_expert_out, train_.d_in.topRows(rows), grads.experts,
-                           threads());
-    exchange_.dispatch_backward(tokens.plan, tokens.dispatch, batch, train_.d_in.topRows(rows), d_x);
-    // Router: combine weights and auxiliary losses → the gate's backward, which adds to d_x.
-    train_.router_grads = tokens.aux_grads;
-    train_.router_grads.d_weight += d_weight;
-    gate_.backward(tokens.x, tokens.plan, train_.router_grads, d_x, grads.gate);
+    const auto checks = [&] {
+      detail::check_trained(cache.tokens.training, "SparseMoE::backward");
+      detail::check_backward_experts_io(d_model(), cache.tokens.plan, cache.experts.batch.num_rows(), d_expert_out,
+                                        d_weight, d_x);
+    };
+    exchange_.collective(checks, [&] {
+      const auto& tokens = cache.tokens;
+      const auto& batch = cache.experts.batch;
+      const Index rows = batch.num_rows();
+      [[maybe_unused]] const detail::EigenSingleThreaded single_threaded_eigen;
+      detail::grow_rows(train_.d_in, rows, d_model());
+      train_.runner.backward(experts_, batch, cache.experts.saved, d_expert_out, train_.d_in.topRows(rows),
+                             grads.experts, threads());
+      exchange_.dispatch_backward(tokens.plan, tokens.dispatch, batch, train_.d_in.topRows(rows), d_x);
+      // Router: combine weights and auxiliary losses → the gate's backward, which adds to d_x.
+      train_.router_grads = tokens.aux_grads;
+      train_.router_grads.d_weight += d_weight;
+      gate_.backward(tokens.x, tokens.plan, train_.router_grads, d_x, grads.gate);
+    });
   }
 
   // Zero gradients shaped like the parameters.
   Gradients make_gradients() const
     requires TrainableExpert<X> && TrainableGate<G>
   {
-    Gradients grads{gate_.make_gradients(), experts_.make_gradients(), std::nullopt};
-    if (shared_) grads.shared = shared_->make_gradients();
-    return grads;
+    return {gate_.make_gradients(), experts_.make_gradients(),
+            shared_ ? std::optional(shared_->make_gradients()) : std::nullopt};
   }
 
   // (name, view) of every trainable tensor: "gate.weight", "experts.w1", "shared_experts.w1", ...
@@ -250,12 +245,18 @@ class BasicSparseMoE {
   const Exchange& exchange() const { return exchange_; }
 
  private:
-  void check_cache(const Cache& cache, const char* who) const { detail::check_trained(cache.tokens.training, who); }
   void check_io(ConstMatrixRef<S> x, MatrixRef<S> y) const { detail::check_forward_io<S>(d_model(), x, y); }
   int threads() const { return detail::resolve_threads(num_threads_); }
 
-  void forward_training(ConstMatrixRef<S> x, MatrixRef<S> y, Cache& cache) {
-    check_io(x, y);
+  // Both inference forwards: route(plan) routes x.
+  template <class Route>
+  void infer(ConstMatrixRef<S> x, MatrixRef<S> y, Workspace& work, Route&& route) const {
+    exchange_.collective([&] { check_io(x, y); },
+                         [&] { detail::infer<S>(exchange_, experts_, shared_, num_experts(), threads(), chunk_tokens_,
+                                                x, y, work, route); });
+  }
+
+  double forward_training(ConstMatrixRef<S> x, MatrixRef<S> y, Cache& cache, std::span<const std::uint8_t> mask) {
     [[maybe_unused]] const detail::EigenSingleThreaded single_threaded_eigen;
     auto& tokens = cache.tokens;
     auto& batch = cache.experts.batch;
@@ -269,6 +270,10 @@ class BasicSparseMoE {
     tokens.training = true;
     last_plan_ = tokens.plan;
     compute_routing_stats(tokens.plan, stats_, exchange_);
+    tokens.mask.assign(mask.begin(), mask.end());
+    tokens.aux_grads.reset(tokens.plan);
+    tokens.aux = detail::evaluate_losses(losses_, tokens.plan, tokens.mask, tokens.aux_grads, exchange_);
+    return tokens.aux;
   }
 
   Exchange exchange_;
@@ -283,14 +288,8 @@ class BasicSparseMoE {
   RoutingPlan<S> last_plan_;
   RoutingStats stats_;
   // Buffers, which a copy of the layer does not copy: the plain forward's, and training's.
-  struct TrainingBuffers {
-    ExpertRunner<X> runner;
-    RowMatrix<S> routed;  // [≥ T, d_model] routed output before the shared experts
-    RowMatrix<S> d_weight, d_out, d_in;
-    RouterGradients<S> router_grads;
-  };
   Workspace own_;
-  detail::Scratch<TrainingBuffers> train_;
+  detail::Scratch<detail::TrainingBuffers<S, X>> train_;
 };
 
 // The layer of one process: every expert here.

@@ -22,7 +22,8 @@
 // "In the top k" is decided from plan.logits (the noisy logits), ties to the lower index, as the
 // gate does; a gate with a selection bias or expert groups is not Shazeer's and may differ.
 // With k = E every expert is always selected: the load is balanced and its term is 0.
-// Padding tokens (mask 0) are left out of both sums.
+// Padding tokens (mask 0) are left out of both sums. Over a batch split between processes
+// (`sums`), Importance and Load are the whole batch's (up to rounding: the gradients too).
 //
 // The load term needs a noisy plan (plan.noisy: TopKGateConfig::noisy in Mode::training). Given a
 // plan without noise, evaluate throws config_error rather than drop the term silently; set
@@ -70,8 +71,9 @@ class ImportanceLoadLoss {
   //               grads->d_noise_std += w_load · ∂CV²(Load)/∂plan.noise_std
   //   throws:   shape_error for a mask of the wrong size, noise arrays or grads of the wrong
   //             shape; config_error if the load term is on and the plan is not noisy.
-  double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask,
-                  RouterGradients<S>* grads) const {
+  template <class Sums = detail::LocalSums>
+  double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask, RouterGradients<S>* grads,
+                  const Sums& sums = {}) const {
     constexpr const char* who = "ImportanceLoadLoss::evaluate";
     const Index T = plan.num_tokens(), k = plan.slots_per_token(), E = plan.num_experts;
     const bool load = config_.load_coefficient > 0;
@@ -87,11 +89,11 @@ class ImportanceLoadLoss {
       detail::check_dim(who, "plan.noise_std.cols()", plan.noise_std.cols(), "num_experts", E);
     }
     if (grads) detail::check_gradients(who, plan, *grads, load);
-    if (counted == 0 || E == 0) return 0.0;
+    if (detail::global_count(sums, counted) == 0 || E == 0) return 0.0;
 
     double value = 0;
-    if (config_.importance_coefficient > 0) value += importance(plan, mask, grads);
-    if (load && k < E) value += load_term(plan, mask, grads);
+    if (config_.importance_coefficient > 0) value += importance(plan, mask, grads, sums);
+    if (load && k < E) value += load_term(plan, mask, grads, sums);
     return value;
   }
 
@@ -107,14 +109,16 @@ class ImportanceLoadLoss {
     return var / denom;
   }
 
-  double importance(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask,
-                    RouterGradients<S>* grads) const {
+  template <class Sums>
+  double importance(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask, RouterGradients<S>* grads,
+                    const Sums& sums) const {
     const Index T = plan.num_tokens(), k = plan.slots_per_token();
     Eigen::VectorXd imp = Eigen::VectorXd::Zero(plan.num_experts), d_imp;
     for (Index t = 0; t < T; ++t)
       if (detail::token_counts(mask, t))
         for (Index j = 0; j < k; ++j)
           if (plan.expert(t, j) != kEmptySlot) imp[plan.expert(t, j)] += static_cast<double>(plan.weight(t, j));
+    sums(std::span<double>(imp.data(), static_cast<std::size_t>(imp.size())));
     const double w = config_.importance_coefficient;
     const double value = cv_squared(imp, d_imp);
     if (grads)
@@ -150,8 +154,9 @@ class ImportanceLoadLoss {
   static double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::numbers::sqrt2); }
   static double normal_pdf(double z) { return std::exp(-0.5 * z * z) / std::sqrt(2.0 * std::numbers::pi); }
 
-  double load_term(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask,
-                   RouterGradients<S>* grads) const {
+  template <class Sums>
+  double load_term(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask, RouterGradients<S>* grads,
+                   const Sums& sums) const {
     const Index T = plan.num_tokens(), k = plan.slots_per_token(), E = plan.num_experts;
     TokenThresholds top;
     Eigen::VectorXd load = Eigen::VectorXd::Zero(E), d_load;
@@ -160,6 +165,7 @@ class ImportanceLoadLoss {
       top.find(plan, t);
       for (Index e = 0; e < E; ++e) load[e] += normal_cdf(z_of(plan, t, e, top.threshold_expert(e, k)));
     }
+    sums(std::span<double>(load.data(), static_cast<std::size_t>(load.size())));
     const double w = config_.load_coefficient;
     const double value = cv_squared(load, d_load);
     if (grads)

@@ -11,7 +11,8 @@
 // or not — as Switch, whose expert mask is taken before the capacity cut, and HF, which has no
 // capacity at all. f is a count: no gradient flows through it (the Switch convention). The
 // gradient flows through P to the scores (grads->d_scores; the gate maps it to its logits).
-// Padding tokens (mask 0) are left out of T, f and P.
+// Padding tokens (mask 0) are left out of T, f and P. Over a batch split between processes
+// (`sums`), T, the counts and the score sums are the whole batch's: f exactly, P up to rounding.
 //
 // Form::hf is HF transformers' load_balancing_loss_func (Mixtral, Qwen2-MoE, ...; also flaxformer):
 //   L = E · Σ_j Σ_e f_{j,e} · P_e,   f_{j,e} = (1/T) · Σ_t 1[expert(t, j) = e]   (one f per slot rank j)
@@ -58,24 +59,28 @@ class LoadBalancingLoss {
   //             if grads: grads->d_scores += coefficient · ∂L/∂plan.scores (accumulated);
   //             d_weight, d_logits and d_noise_std are untouched (L does not depend on them).
   //   throws:   shape_error if mask.size() is neither 0 nor T or grads has the wrong shape.
-  double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask,
-                  RouterGradients<S>* grads) const {
+  template <class Sums = detail::LocalSums>
+  double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask, RouterGradients<S>* grads,
+                  const Sums& sums = {}) const {
     constexpr const char* who = "LoadBalancingLoss::evaluate";
     const Index T = plan.num_tokens(), k = plan.slots_per_token(), E = plan.num_experts;
     detail::check_plan(who, plan);
     const Index counted = detail::counted_tokens(who, mask, T);
     if (grads) detail::check_gradients(who, plan, *grads, false);
-    if (counted == 0 || k == 0) return 0.0;
 
-    // Σ_e f_e P_e with f_e = count_e / (T·k), P_e = Σ_t s / T.
-    Eigen::VectorXd count = Eigen::VectorXd::Zero(E), score_sum = Eigen::VectorXd::Zero(E);
+    // Σ_e f_e P_e with f_e = count_e / (T·k), P_e = Σ_t s / T: [count | score sums | T].
+    Eigen::VectorXd totals = Eigen::VectorXd::Zero(2 * E + 1);
+    auto count = totals.head(E), score_sum = totals.segment(E, E);
     for (Index t = 0; t < T; ++t) {
       if (!detail::token_counts(mask, t)) continue;
       for (Index j = 0; j < k; ++j)
         if (plan.expert(t, j) != kEmptySlot) count[plan.expert(t, j)] += 1;
       score_sum += plan.scores.row(t).transpose().template cast<double>();
     }
-    const double n = static_cast<double>(counted);
+    totals[2 * E] = static_cast<double>(counted);
+    sums(std::span<double>(totals.data(), static_cast<std::size_t>(totals.size())));
+    const double n = totals[2 * E];
+    if (n == 0 || k == 0) return 0.0;
     // hf: Σ_j f_{j,e} = count_e / T, i.e. the switch form's f times k.
     const Eigen::VectorXd f = count / (config_.form == Form::hf ? n : n * static_cast<double>(k));
     const double scale = config_.coefficient * static_cast<double>(E);

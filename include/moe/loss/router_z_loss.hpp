@@ -40,12 +40,14 @@ class RouterZLoss {
   //             if grads: grads->d_logits += coefficient · ∂L/∂plan.logits (accumulated);
   //             d_weight and d_noise_std are untouched.
   //   throws:   shape_error if mask.size() is neither 0 nor T or grads has the wrong shape.
-  double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask,
-                  RouterGradients<S>* grads) const {
+  // Over a batch split between processes (`sums`), T and the sum are the whole batch's.
+  template <class Sums = detail::LocalSums>
+  double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask, RouterGradients<S>* grads,
+                  const Sums& sums = {}) const {
     constexpr const char* who = "RouterZLoss::evaluate";
     const Index T = plan.num_tokens(), E = plan.num_experts;
     detail::check_plan(who, plan);
-    const Index counted = detail::counted_tokens(who, mask, T);
+    const Index counted = detail::global_count(sums, detail::counted_tokens(who, mask, T));
     if (grads) detail::check_gradients(who, plan, *grads, false);
     if (counted == 0 || E == 0) return 0.0;
 
@@ -60,6 +62,7 @@ class RouterZLoss {
         for (Index e = 0; e < E; ++e)
           grads->d_logits(t, e) += static_cast<S>(scale * 2.0 * lse * std::exp(z[e] - lse));
     }
+    sums(std::span<double>(&sum, 1));
     return scale * sum;
   }
 

@@ -50,8 +50,11 @@ class SequenceBalanceLoss {
   //             d_weight, d_logits and d_noise_std are untouched.
   //   throws:   shape_error if T is not a multiple of sequence_length, if mask.size() is neither
   //             0 nor T, or grads has the wrong shape.
-  double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask,
-                  RouterGradients<S>* grads) const {
+  // Over a batch split between processes (`sums`; each holding whole sequences), the mean runs
+  // over the whole batch's sequences.
+  template <class Sums = detail::LocalSums>
+  double evaluate(const RoutingPlan<S>& plan, std::span<const std::uint8_t> mask, RouterGradients<S>* grads,
+                  const Sums& sums = {}) const {
     constexpr const char* who = "SequenceBalanceLoss::evaluate";
     const Index T = plan.num_tokens(), k = plan.slots_per_token(), E = plan.num_experts;
     const Index L = config_.sequence_length;
@@ -61,7 +64,6 @@ class SequenceBalanceLoss {
                                            " but must be a multiple of sequence_length = ", L)));
     detail::counted_tokens(who, mask, T);
     if (grads) detail::check_gradients(who, plan, *grads, false);
-    if (T == 0 || k == 0 || E == 0) return 0.0;
 
     // The mean runs over the sequences that hold a real token: count them first, so that the
     // gradient of each sequence can be added with its final scale as soon as f is known.
@@ -71,7 +73,8 @@ class SequenceBalanceLoss {
       while (t < begin + L && !detail::token_counts(mask, t)) ++t;
       sequences += t < begin + L;
     }
-    if (sequences == 0) return 0.0;
+    sequences = detail::global_count(sums, sequences);
+    if (sequences == 0 || k == 0 || E == 0) return 0.0;
     const double scale = config_.coefficient / static_cast<double>(sequences);
 
     Eigen::VectorXd count(E), p_sum(E), d_scores(E);
@@ -102,6 +105,7 @@ class SequenceBalanceLoss {
         grads->d_scores.row(t) += scale * d_scores.transpose();
       }
     }
+    sums(std::span<double>(&total, 1));
     return scale * total;
   }
 

@@ -52,6 +52,21 @@ inline void check_agree(MPI_Comm comm, const char* who, const char* what, long l
                                                range[1], " (this rank: ", value, ")")));
 }
 
+// check_agree for the number of `values` (`count_what`), then for each (`what` i): the error names
+// the first that differs.
+inline void check_agree_each(MPI_Comm comm, const char* who, const char* count_what, const char* what,
+                             const std::vector<long long>& values) {
+  check_agree(comm, who, count_what, static_cast<long long>(values.size()));
+  std::vector<long long> range(2 * values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) range[i] = -values[i], range[values.size() + i] = values[i];
+  check(MPI_Allreduce(MPI_IN_PLACE, range.data(), static_cast<int>(range.size()), MPI_LONG_LONG, MPI_MAX, comm),
+        "MPI_Allreduce");
+  for (std::size_t i = 0; i < values.size(); ++i)
+    if (-range[i] != range[values.size() + i])
+      MOE_THROW(config_error(moe::detail::concat(who, ": the ranks disagree on ", what, " ", i, ": from ", -range[i],
+                                                 " to ", range[values.size() + i], " (this rank: ", values[i], ")")));
+}
+
 template <class S>
 MPI_Datatype scalar_type() {
   static_assert(std::is_same_v<S, float> || std::is_same_v<S, double> || std::is_same_v<S, long long>);

@@ -1,7 +1,9 @@
 // MpiExchange: the layer's exchange seam (docs/architecture.md §5) over MPI — expert parallelism.
-// The experts are split over the ranks of a communicator in contiguous ranges (rank r runs experts
-// [r·E/n, (r+1)·E/n)); every rank holds the router and the shared experts and routes its own
-// tokens, which stay home. A forward:
+// The experts are split over the ranks of a communicator, in contiguous ranges (rank r runs
+// experts [r·E/n, (r+1)·E/n)) or as an explicit placement says (expert e on rank placement[e]:
+// hot experts apart, say); a rank's bank holds its experts in ascending order (experts()). Every
+// rank holds the router and the shared experts and routes its own tokens, which stay home. A
+// forward:
 //
 //   dispatch  this rank's active slots sorted by expert (so by destination rank), every rank's
 //             per-expert counts (MPI_Allgather), the rows to the ranks of their experts
@@ -20,6 +22,7 @@
 #include "moe/dispatch/local_exchange.hpp"
 #include "moe/kernels/combine.hpp"
 #include "moe/kernels/dispatch.hpp"
+#include "moe/mpi/collective.hpp"
 #include "moe/mpi/communicator.hpp"
 #include "moe/routing.hpp"
 
@@ -46,24 +49,51 @@ class MpiExchange {
     std::vector<S> scales_sent, scales_received;
   };
 
-  // Collective: every rank of comm passes the same num_experts (config_error on every rank if not).
-  MpiExchange(MPI_Comm comm, Index num_experts) : comm_(comm), num_experts_(num_experts) {
-    detail::check_agree(comm_, "MpiExchange", "the number of experts", num_experts);
+  // Experts in contiguous ranges. Collective: every rank of comm passes the same num_experts
+  // (config_error on every rank if not).
+  MpiExchange(MPI_Comm comm, Index num_experts) : MpiExchange(comm, contiguous(comm, num_experts)) {}
+
+  // Expert e on rank placement[e]. Collective: every rank passes the same placement, each entry
+  // a rank of comm, every rank running at least one expert (config_error on every rank if not).
+  MpiExchange(MPI_Comm comm, std::vector<int> placement)
+      : comm_(comm), num_experts_(Index(placement.size())), placement_(std::move(placement)) {
+    constexpr const char* who = "MpiExchange";
+    detail::check_agree_each(comm_, who, "the number of experts", "the rank of expert",
+                             {placement_.begin(), placement_.end()});
     rank_ = detail::rank_of(comm_);
-    const int ranks = detail::size_of(comm_);
-    for (int r = 0; r <= ranks; ++r) first_.push_back(num_experts * r / ranks);
+    const int n = detail::size_of(comm_);
+    for (Index e = 0; e < num_experts_; ++e)
+      moe::detail::check_config(owner(e) >= 0 && owner(e) < n, who, "expert ", e, " is placed on rank ", owner(e),
+                                " but the communicator has ranks 0 to ", n - 1);
+    // Experts grouped by rank, ascending inside a rank: position_[e] in that order.
+    first_.assign(static_cast<std::size_t>(n + 1), 0);
+    for (Index e = 0; e < num_experts_; ++e) ++first_[static_cast<std::size_t>(owner(e)) + 1];
+    for (int r = 0; r < n; ++r) {
+      moe::detail::check_config(first_[static_cast<std::size_t>(r) + 1] > 0, who, "rank ", r, " of ", n,
+                                " runs no expert (", num_experts_, " experts)");
+      first_[static_cast<std::size_t>(r) + 1] += first_[static_cast<std::size_t>(r)];
+    }
+    std::vector<Index> next(first_.begin(), first_.end() - 1);
+    position_.resize(static_cast<std::size_t>(num_experts_));
+    for (Index e = 0; e < num_experts_; ++e) position_[static_cast<std::size_t>(e)] = next[static_cast<std::size_t>(owner(e))]++;
   }
 
   MPI_Comm communicator() const { return comm_; }
   int rank() const { return rank_; }
   int ranks() const { return static_cast<int>(first_.size()) - 1; }
+  Index num_experts() const { return num_experts_; }
   // The rank that runs expert e.
-  int owner(Index e) const {
-    int r = 0;
-    while (first(r + 1) <= e) ++r;
-    return r;
+  int owner(Index e) const { return placement_[static_cast<std::size_t>(e)]; }
+  // The experts this rank runs, in the order of its bank.
+  std::vector<Index> experts() const {
+    std::vector<Index> mine;
+    for (Index e = 0; e < num_experts_; ++e)
+      if (owner(e) == rank_) mine.push_back(e);
+    return mine;
   }
 
+  // This rank's experts as a range of the exchange's order (by rank, ascending inside a rank):
+  // the layer's expert ids only for contiguous ranges — experts() names them.
   ExpertRange owned(Index num_experts) const {
     MOE_ASSERT(num_experts == num_experts_);
     return {first(rank_), first(rank_ + 1) - first(rank_)};
@@ -87,12 +117,22 @@ class MpiExchange {
     detail::sum_in_rank_order(comm_, values.data(), static_cast<Index>(values.size()));
   }
 
+  void check_same(const char* who, const char* what, long long value) const {
+    detail::check_agree(comm_, who, what, value);
+  }
+
+  // One step of the layer: see mpi::detail::collective.
+  template <class Checks, class Body>
+  decltype(auto) collective(Checks&& checks, Body&& body) const {
+    return detail::collective(comm_, checks, body);
+  }
+
   void dispatch(const RoutingPlan<S>& plan, ConstMatrixRef<S> x, ExpertRange owned, bool with_scales, Record& record,
                 ExpertBatch<S>& batch) const {
     MOE_ASSERT(plan.num_experts == num_experts_ && owned.first == first(rank_));
     const Index E = num_experts_, k = plan.slots_per_token(), d = x.cols();
     const int n = ranks();
-    kernels::build_dispatch(plan, record.local);
+    kernels::build_dispatch(plan, record.local, [&](Index e) { return position_[static_cast<std::size_t>(e)]; });
     const auto& offset = record.local.offset;
     std::vector<long long> mine(offset.size() - 1);
     for (Index e = 0; e < E; ++e) mine[static_cast<std::size_t>(e)] = record.local.rows_of(e);
@@ -237,10 +277,19 @@ class MpiExchange {
 
   Index first(int rank) const { return first_[static_cast<std::size_t>(rank)]; }
 
+  static std::vector<int> contiguous(MPI_Comm comm, Index num_experts) {
+    const Index n = detail::size_of(comm);
+    std::vector<int> placement(static_cast<std::size_t>(std::max<Index>(num_experts, 0)));
+    for (Index e = 0; e < num_experts; ++e) placement[static_cast<std::size_t>(e)] = static_cast<int>(e * n / num_experts);
+    return placement;
+  }
+
   MPI_Comm comm_;
   Index num_experts_;
+  std::vector<int> placement_;  // [E] the rank of each expert
   int rank_ = 0;
-  std::vector<Index> first_;  // [ranks + 1] rank r runs experts [first_[r], first_[r + 1])
+  std::vector<Index> first_;     // [ranks + 1] rank r runs the experts at positions [first_[r], first_[r + 1])
+  std::vector<Index> position_;  // [E] each expert's position: by rank, ascending inside a rank
 };
 
 }  // namespace moe::mpi

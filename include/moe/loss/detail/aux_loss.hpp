@@ -1,5 +1,6 @@
 // What every auxiliary loss (include/moe/loss/) checks and shares: the token mask, the
-// coefficient, and the shapes of the plan and of the gradients.
+// coefficient, the shapes of the plan and of the gradients, and how its sums over the tokens
+// reach the other processes of a batch split over processes (LocalSums, global_count).
 #pragma once
 
 #include "moe/errors.hpp"
@@ -11,6 +12,21 @@
 #include <string_view>
 
 namespace moe::detail {
+
+// A loss's sums over the tokens, completed with the other processes' (the layer passes its
+// exchange's sum: over MPI ranks for expert parallelism, the same bits on every rank, so that
+// every rank's loss is the loss of the whole batch). LocalSums: the batch is all here.
+struct LocalSums {
+  void operator()(std::span<double>) const {}
+};
+
+// n summed over the processes (exact: counts stay far below 2⁵³).
+template <class Sums>
+Index global_count(const Sums& sums, Index n) {
+  double value = static_cast<double>(n);
+  sums(std::span<double>(&value, 1));
+  return static_cast<Index>(value);
+}
 
 // Whether token t counts: every token when the mask is empty, else mask[t] != 0.
 inline bool token_counts(std::span<const std::uint8_t> mask, Index t) {
