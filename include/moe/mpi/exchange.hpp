@@ -1,9 +1,9 @@
 // MpiExchange: the layer's exchange seam (docs/architecture.md §5) over MPI — expert parallelism.
 // The experts are split over the ranks of a communicator, in contiguous ranges (rank r runs
 // experts [r·E/n, (r+1)·E/n)) or as an explicit placement says (expert e on rank placement[e]:
-// hot experts apart, say); a rank's bank holds its experts in ascending order (experts()). Every
-// rank holds the router and the shared experts and routes its own tokens, which stay home. A
-// forward:
+// hot experts apart, say: mpi/placement.hpp); a rank's bank holds its experts in ascending order
+// (experts()). Every rank holds the router and the shared experts and routes its own tokens,
+// which stay home. A forward:
 //
 //   dispatch  this rank's active slots sorted by expert (so by destination rank), every rank's
 //             per-expert counts (MPI_Allgather), the rows to the ranks of their experts
@@ -24,6 +24,7 @@
 #include "moe/kernels/dispatch.hpp"
 #include "moe/mpi/collective.hpp"
 #include "moe/mpi/communicator.hpp"
+#include "moe/mpi/placement.hpp"
 #include "moe/routing.hpp"
 
 #include <mpi.h>
@@ -51,55 +52,31 @@ class MpiExchange {
 
   // Experts in contiguous ranges. Collective: every rank of comm passes the same num_experts
   // (config_error on every rank if not).
-  MpiExchange(MPI_Comm comm, Index num_experts) : MpiExchange(comm, contiguous(comm, num_experts)) {}
-
-  // Expert e on rank placement[e]. Collective: every rank passes the same placement, each entry
-  // a rank of comm, every rank running at least one expert (config_error on every rank if not).
-  MpiExchange(MPI_Comm comm, std::vector<int> placement)
-      : comm_(comm), num_experts_(Index(placement.size())), placement_(std::move(placement)) {
-    constexpr const char* who = "MpiExchange";
-    detail::check_agree_each(comm_, who, "the number of experts", "the rank of expert",
-                             {placement_.begin(), placement_.end()});
-    rank_ = detail::rank_of(comm_);
-    const int n = detail::size_of(comm_);
-    for (Index e = 0; e < num_experts_; ++e)
-      moe::detail::check_config(owner(e) >= 0 && owner(e) < n, who, "expert ", e, " is placed on rank ", owner(e),
-                                " but the communicator has ranks 0 to ", n - 1);
-    // Experts grouped by rank, ascending inside a rank: position_[e] in that order.
-    first_.assign(static_cast<std::size_t>(n + 1), 0);
-    for (Index e = 0; e < num_experts_; ++e) ++first_[static_cast<std::size_t>(owner(e)) + 1];
-    for (int r = 0; r < n; ++r) {
-      moe::detail::check_config(first_[static_cast<std::size_t>(r) + 1] > 0, who, "rank ", r, " of ", n,
-                                " runs no expert (", num_experts_, " experts)");
-      first_[static_cast<std::size_t>(r) + 1] += first_[static_cast<std::size_t>(r)];
-    }
-    std::vector<Index> next(first_.begin(), first_.end() - 1);
-    position_.resize(static_cast<std::size_t>(num_experts_));
-    for (Index e = 0; e < num_experts_; ++e) position_[static_cast<std::size_t>(e)] = next[static_cast<std::size_t>(owner(e))]++;
-  }
+  MpiExchange(MPI_Comm comm, Index num_experts) : MpiExchange(comm, Placement::contiguous(comm, num_experts)) {}
+  // Expert e on rank placement[e] (see Placement; collective).
+  MpiExchange(MPI_Comm comm, std::vector<int> placement) : MpiExchange(comm, Placement(comm, std::move(placement))) {}
+  MpiExchange(MPI_Comm comm, Placement placement)
+      : comm_(comm), placement_(std::move(placement)), rank_(detail::rank_of(comm)) {}
 
   MPI_Comm communicator() const { return comm_; }
   int rank() const { return rank_; }
-  int ranks() const { return static_cast<int>(first_.size()) - 1; }
-  Index num_experts() const { return num_experts_; }
+  int ranks() const { return placement_.ranks(); }
+  Index num_experts() const { return placement_.num_experts(); }
+  const Placement& placement() const { return placement_; }
   // The rank that runs expert e.
-  int owner(Index e) const { return placement_[static_cast<std::size_t>(e)]; }
+  int owner(Index e) const { return placement_.owner(e); }
   // The experts this rank runs, in the order of its bank.
-  std::vector<Index> experts() const {
-    std::vector<Index> mine;
-    for (Index e = 0; e < num_experts_; ++e)
-      if (owner(e) == rank_) mine.push_back(e);
-    return mine;
-  }
+  std::vector<Index> experts() const { return placement_.experts(rank_); }
 
   // This rank's experts as a range of the exchange's order (by rank, ascending inside a rank):
   // the layer's expert ids only for contiguous ranges — experts() names them.
   ExpertRange owned(Index num_experts) const {
-    MOE_ASSERT(num_experts == num_experts_);
+    MOE_ASSERT(num_experts == placement_.num_experts());
     return {first(rank_), first(rank_ + 1) - first(rank_)};
   }
   // Exchanges every rank runs when this one needs `rounds` (chunked inference): the most any needs.
   Index rounds(Index rounds) const {
+    const Timed timed{traffic_};
     long long most = rounds;
     detail::check(MPI_Allreduce(MPI_IN_PLACE, &most, 1, MPI_LONG_LONG, MPI_MAX, comm_), "MPI_Allreduce");
     return static_cast<Index>(most);
@@ -108,14 +85,25 @@ class MpiExchange {
   // values = their sum over the ranks (routing statistics, losses): counts exactly, reals in
   // rank order (the same bits on every rank).
   void sum(std::span<Index> values) const {
+    const Timed timed{traffic_};
     static_assert(sizeof(Index) == sizeof(std::int64_t));
     detail::check(MPI_Allreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_INT64_T, MPI_SUM,
                                 comm_),
                   "MPI_Allreduce");
   }
   void sum(std::span<double> values) const {
+    const Timed timed{traffic_};
     detail::sum_in_rank_order(comm_, values.data(), static_cast<Index>(values.size()));
   }
+
+  // This rank's time in the exchange's calls (MPI and the copies around it, waiting for other ranks
+  // included) and the bytes of rows it sent to other ranks, since reset_traffic(): what
+  // bench_expert_parallel reports. Like every call of an MPI exchange, not for concurrent calls.
+  struct Traffic {
+    double seconds = 0, bytes_sent = 0;
+  };
+  Traffic traffic() const { return traffic_; }
+  void reset_traffic() const { traffic_ = {}; }
 
   void check_same(const char* who, const char* what, long long value) const {
     detail::check_agree(comm_, who, what, value);
@@ -129,10 +117,11 @@ class MpiExchange {
 
   void dispatch(const RoutingPlan<S>& plan, ConstMatrixRef<S> x, ExpertRange owned, bool with_scales, Record& record,
                 ExpertBatch<S>& batch) const {
-    MOE_ASSERT(plan.num_experts == num_experts_ && owned.first == first(rank_));
-    const Index E = num_experts_, k = plan.slots_per_token(), d = x.cols();
+    const Timed timed{traffic_};
+    MOE_ASSERT(plan.num_experts == num_experts() && owned.first == first(rank_));
+    const Index E = num_experts(), k = plan.slots_per_token(), d = x.cols();
     const int n = ranks();
-    kernels::build_dispatch(plan, record.local, [&](Index e) { return position_[static_cast<std::size_t>(e)]; });
+    kernels::build_dispatch(plan, record.local, [&](Index e) { return placement_.position(e); });
     const auto& offset = record.local.offset;
     std::vector<long long> mine(offset.size() - 1);
     for (Index e = 0; e < E; ++e) mine[static_cast<std::size_t>(e)] = record.local.rows_of(e);
@@ -187,6 +176,7 @@ class MpiExchange {
   // y[t] = Σ_j w[t, j] · out[row(t, j)], j ascending, with the outputs brought home (kept in the
   // record for backward).
   void combine(const RoutingPlan<S>& plan, Record& record, const ExpertBatch<S>& batch, MatrixRef<S> y) const {
+    const Timed timed{traffic_};
     for (std::size_t j = 0; j < record.batch_row.size(); ++j)
       record.received.row(static_cast<Index>(j)) = batch.out.row(record.batch_row[j]);
     record.home.resize(record.local.num_rows(), y.cols());
@@ -204,6 +194,7 @@ class MpiExchange {
   // home; d_weight[t, j] = ⟨d_y[t], out[row(t, j)]⟩ there.
   void combine_backward(const RoutingPlan<S>& plan, const Record& record, const ExpertBatch<S>& batch,
                         ConstMatrixRef<S> d_y, MatrixRef<S> d_out, MatrixRef<S> d_weight) const {
+    const Timed timed{traffic_};
     MOE_ASSERT(!batch.scaled);
     const Index T = plan.num_tokens(), k = plan.slots_per_token();
     d_weight.setZero();
@@ -222,6 +213,7 @@ class MpiExchange {
   // d_x[t] = Σ_j d_in[row(t, j)], j ascending, with d_in (batch order) brought home.
   void dispatch_backward(const RoutingPlan<S>& plan, const Record& record, const ExpertBatch<S>&,
                          ConstMatrixRef<S> d_in, MatrixRef<S> d_x) const {
+    const Timed timed{traffic_};
     for (std::size_t j = 0; j < record.batch_row.size(); ++j)
       record.received.row(static_cast<Index>(j)) = d_in.row(record.batch_row[j]);
     record.sent.resize(record.local.num_rows(), d_x.cols());
@@ -231,7 +223,7 @@ class MpiExchange {
 
  private:
   long long load(const Record& record, int rank, Index expert) const {
-    return record.loads[static_cast<std::size_t>(rank * num_experts_ + expert)];
+    return record.loads[static_cast<std::size_t>(rank * num_experts() + expert)];
   }
   static Index total(const std::vector<int>& rows) {
     Index sum = 0;
@@ -270,26 +262,25 @@ class MpiExchange {
   void move_rows(const RowMatrix<S>& from, const std::vector<int>& from_rows, const std::vector<int>& from_at,
                  RowMatrix<S>& to, const std::vector<int>& to_rows, const std::vector<int>& to_at) const {
     const detail::RowType<S> row(from.cols());
+    for (int r = 0; r < ranks(); ++r)
+      if (r != rank_) traffic_.bytes_sent += double(from_rows[std::size_t(r)]) * double(from.cols() * Index(sizeof(S)));
     detail::check(MPI_Alltoallv(from.data(), from_rows.data(), from_at.data(), row.get(), to.data(), to_rows.data(),
                                 to_at.data(), row.get(), comm_),
                   "MPI_Alltoallv");
   }
 
-  Index first(int rank) const { return first_[static_cast<std::size_t>(rank)]; }
+  Index first(int rank) const { return placement_.first(rank); }
 
-  static std::vector<int> contiguous(MPI_Comm comm, Index num_experts) {
-    const Index n = detail::size_of(comm);
-    std::vector<int> placement(static_cast<std::size_t>(std::max<Index>(num_experts, 0)));
-    for (Index e = 0; e < num_experts; ++e) placement[static_cast<std::size_t>(e)] = static_cast<int>(e * n / num_experts);
-    return placement;
-  }
+  struct Timed {
+    Traffic& traffic;
+    double start = MPI_Wtime();
+    ~Timed() { traffic.seconds += MPI_Wtime() - start; }
+  };
 
   MPI_Comm comm_;
-  Index num_experts_;
-  std::vector<int> placement_;  // [E] the rank of each expert
+  Placement placement_;
   int rank_ = 0;
-  std::vector<Index> first_;     // [ranks + 1] rank r runs the experts at positions [first_[r], first_[r + 1])
-  std::vector<Index> position_;  // [E] each expert's position: by rank, ascending inside a rank
+  mutable Traffic traffic_;
 };
 
 }  // namespace moe::mpi
