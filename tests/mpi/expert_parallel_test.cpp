@@ -207,6 +207,12 @@ TEST(ExpertParallel, AuxiliaryLossesAndTheBiasUpdateAreTheWholeBatchs) {
   EXPECT_TRUE(test::same_bits_as_rows(my_d_x, d_x, first)) << "d_x";
   expect_replicated_gradients_match(my_grads, grads);
 
+  // Clipping by the norm of all the gradients: every rank's experts count, the factor is one.
+  const double norm = global_norm(grads.parameters()), my_norm = mpi::global_grad_norm(MPI_COMM_WORLD, my_grads);
+  EXPECT_NEAR(my_norm, norm, 1e-5 * norm);
+  EXPECT_NEAR(mpi::clip_grad_norm(MPI_COMM_WORLD, my_grads, 0.5 * norm), my_norm, 0.0);
+  EXPECT_NEAR(mpi::global_grad_norm(MPI_COMM_WORLD, my_grads), 0.5 * norm, 1e-5 * norm);
+
   Vector<float> bias = gate.selection_bias(), my_bias = gate.selection_bias();
   update_selection_bias(bias, whole.last_stats().tokens_per_expert);
   update_selection_bias(my_bias, part.last_stats().tokens_per_expert);
