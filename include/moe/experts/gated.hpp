@@ -13,6 +13,7 @@
 #include "moe/parameters.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 namespace moe {
 
@@ -137,15 +138,9 @@ class GatedExpert {
   }
   void pack_expert_down(Index e, ConstMatrixRef<S> w2, int threads = 1) { pack_given_down(e, w2, threads); }
   void pack_expert_up(Index e, const kernels::Bf16Rows& w1, const kernels::Bf16Rows& w3, int threads = 1)
-    requires std::same_as<F, kernels::Bf16Format>
-  {
-    pack_given_up(e, w1, w3, threads);
-  }
+    requires std::same_as<F, kernels::Bf16Format> { pack_given_up(e, w1, w3, threads); }
   void pack_expert_down(Index e, const kernels::Bf16Rows& w2, int threads = 1)
-    requires std::same_as<F, kernels::Bf16Format>
-  {
-    pack_given_down(e, w2, threads);
-  }
+    requires std::same_as<F, kernels::Bf16Format> { pack_given_down(e, w2, threads); }
 
   // The bytes the weights hold now: masters and packed copies.
   std::size_t weight_bytes() const {
@@ -190,14 +185,14 @@ class GatedExpert {
     S* const h1 = memory.data();
     S* const h3 = h1 + n * f;
     S* const h = hidden(memory, n);
+    const auto gate_row = gate_kernel();
     kernels::multiply_bank<F>(
         packed_.up(), e, n, d_model(), packed_x, p_begin, p_end, work,
         [&](Index p, Weight* panel) { pack_up_panel(w1_[e], w3_[e], p, panel); },
         [&](Index p) { return up_source(e, p); },
         [&](Index i0, Index mr, Index p, const S* tile) {
       const Index unit = p * kUnits, units = std::min<Index>(kUnits, f - unit), at = i0 * f + unit;
-      for (Index i = 0; i < mr; ++i)
-        elementwise<S>(units, h + at + i * f, gated, tile + i * kNR, tile + i * kNR + kUnits);
+      for (Index i = 0; i < mr; ++i) gate_row(units, tile + i * kNR, tile + i * kNR + kUnits, h + at + i * f);
       if (!keep) return;
       if (units == kUnits) {  // read again only by backward: past the caches
         kernels::stream_rows<S>(tile, kNR, mr, kUnits, h1 + at, f);
@@ -243,6 +238,14 @@ class GatedExpert {
   static constexpr auto gated = [](const auto& a1, const auto& a3) { return Activation::apply(a1) * a3; };
 
   S* hidden(std::span<S> memory, Index n) const { return memory.data() + 2 * n * d_ff(); }
+
+  // h = act(h1) ⊙ h3 for a row of a tile: SiLU at the active ISA's width where the kernels have it
+  // (the build's own may be narrower: kernels/tile_kernels.inc), else Eigen's, by `gated`.
+  static auto gate_kernel() {
+    decltype(F::kernels().silu_gate) kernel = nullptr;
+    if constexpr (std::is_same_v<Activation, Silu>) kernel = F::kernels().silu_gate;
+    return kernel ? kernel : +[](Index n, const S* h1, const S* h3, S* h) { elementwise<S>(n, h, gated, h1, h3); };
+  }
 
   template <class W>
   void pack_given_up(Index e, const W& w1, const W& w3, int threads) {

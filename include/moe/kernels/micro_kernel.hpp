@@ -52,6 +52,10 @@ struct TileKernels {
   std::array<Micro, kMR> micro;
   int stream_width, stream_rows;
   std::array<Stream, kMR> stream;  // [m − 1] for m ≤ stream_rows
+  // out[i] = silu(h1[i]) · h3[i] for i < n (a SwiGLU tile's epilogue) at this ISA's width, or null
+  // where the experts keep Eigen's (the generic path, double).
+  using SiluGate = void (*)(Index n, const S* h1, const S* h3, S* out);
+  SiluGate silu_gate;
 
   // store(0, m, p, tile) for the panels [p_begin, p_begin + stream_width·⌊(p_end − p_begin) /
   // stream_width⌋) of B (packed panels of `depth` rows), m ≤ stream_rows; returns where it stopped.

@@ -3,7 +3,8 @@
 // zero / load / store / broadcast / fma (a·b + c, one rounding where the ISA has FMA), and, for
 // float, widen_bf16_pairs (kWidth pairs of bfloat16, [j][2], into a register of their first
 // halves and one of their second: how the bf16 kernels read a weight panel) — or, where the ISA
-// multiplies bf16 pairs itself, dot_pairs (Avx512Bf16Vec). GenericVec is
+// multiplies bf16 pairs itself, dot_pairs (Avx512Bf16Vec) — and the arithmetic of exp_of in
+// tile_kernels.inc (add, sub, mul, div, min, max, round, pow2) for the activations' kernels. GenericVec is
 // Eigen's packet for whatever the compiler targets; the x86 ones are compiled for their ISA
 // whatever the build's flags (MOE_TARGET_BEGIN), and only called once moe::active_isa() says the
 // CPU has it.
@@ -77,6 +78,17 @@ struct Avx2Vec<float> {
   MOE_VEC_OP void store(float* to, Reg r) { _mm256_storeu_ps(to, r); }
   MOE_VEC_OP Reg broadcast(float value) { return _mm256_set1_ps(value); }
   MOE_VEC_OP Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  MOE_VEC_OP Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  MOE_VEC_OP Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
+  MOE_VEC_OP Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
+  MOE_VEC_OP Reg div(Reg a, Reg b) { return _mm256_div_ps(a, b); }
+  MOE_VEC_OP Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
+  MOE_VEC_OP Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
+  MOE_VEC_OP Reg round(Reg a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // 2^n for lanes holding integers n in [−126, 127]: the exponent field of a float.
+  MOE_VEC_OP Reg pow2(Reg n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  }
   // A pair is one 32-bit lane, its first bf16 in the low half: shifted up, or masked, it is a float.
   MOE_VEC_OP void widen_bf16_pairs(const std::uint16_t* from, Reg& first, Reg& second) {
     const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from));
@@ -107,16 +119,31 @@ struct Avx512Vec<float> {
   using Scalar = float;
   using Reg = __m512;
   static constexpr int kWidth = 16, kRegisters = 32;
+  static constexpr __mmask16 kAll = 0xFFFF;
   MOE_VEC_OP Reg zero() { return _mm512_setzero_ps(); }
   MOE_VEC_OP Reg load(const float* from) { return _mm512_loadu_ps(from); }
   MOE_VEC_OP void store(float* to, Reg r) { _mm512_storeu_ps(to, r); }
   MOE_VEC_OP Reg broadcast(float value) { return _mm512_set1_ps(value); }
   MOE_VEC_OP Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  MOE_VEC_OP Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  MOE_VEC_OP Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
+  MOE_VEC_OP Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
+  MOE_VEC_OP Reg div(Reg a, Reg b) { return _mm512_div_ps(a, b); }
+  // (the maskz forms with every lane kept: see widen_bf16_pairs)
+  MOE_VEC_OP Reg min(Reg a, Reg b) { return _mm512_maskz_min_ps(kAll, a, b); }
+  MOE_VEC_OP Reg max(Reg a, Reg b) { return _mm512_maskz_max_ps(kAll, a, b); }
+  MOE_VEC_OP Reg round(Reg a) {
+    return _mm512_maskz_roundscale_ps(kAll, a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  MOE_VEC_OP Reg pow2(Reg n) {  // as Avx2Vec's
+    const __m512i biased = _mm512_add_epi32(_mm512_maskz_cvtps_epi32(kAll, n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll, biased, 23));
+  }
   MOE_VEC_OP void widen_bf16_pairs(const std::uint16_t* from, Reg& first, Reg& second) {
     const __m512i pairs = _mm512_loadu_si512(from);
     // (maskz with every lane kept is vpslld: the plain form makes GCC 12 warn about its own
     // undefined pass-through register in every user build with -Wall)
-    first = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(static_cast<__mmask16>(0xFFFF), pairs, 16));
+    first = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll, pairs, 16));
     second = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
   }
 };
