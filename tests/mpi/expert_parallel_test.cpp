@@ -162,6 +162,8 @@ TEST(ExpertParallel, RanksThatDisagreeOnThePlacementAllThrow) {
   test::expect_throw_naming<config_error>(outside, "placed on rank");
   const auto idle = [&] { mpi::MpiExchange<float>(MPI_COMM_WORLD, std::vector<int>(kE, 0)); };
   test::expect_throw_naming<config_error>(idle, "rank 1 of");
+  const auto elsewhere = [&] { mpi::MpiExchange<float>(MPI_COMM_SELF, mpi::Placement::contiguous(MPI_COMM_WORLD, kE)); };
+  test::expect_throw_naming<config_error>(elsewhere, "a placement over ");
 }
 
 // The auxiliary losses of a batch whose sequences are split over the ranks (whole sequences each):

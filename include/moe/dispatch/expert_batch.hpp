@@ -1,8 +1,9 @@
 // ExpertBatch: the rows a bank of experts runs on, expert by expert — what an exchange hands to the
 // runner and the runner hands back (docs/architecture.md §5, "The engine room").
 //
-// The batch covers the experts [first_expert, first_expert + num_experts()) of a layer; expert i
-// of the bank (the layer's expert first_expert + i) owns rows [offset[i], offset[i + 1]) of the
+// The batch covers the experts [first_expert, first_expert + num_experts()) of a layer, in the
+// exchange's order of experts (the layer's own order but for an MpiExchange with an explicit
+// placement: mpi/placement.hpp); expert i of the bank owns rows [offset[i], offset[i + 1]) of the
 // batch, in the order the exchange put them (token order inside an expert: the global token order
 // when tokens come from several processes). Its inputs are those rows of `rows` (gathered by the
 // exchange) or — when every expert sees every token, as shared experts do — all of one matrix x

@@ -55,8 +55,12 @@ class MpiExchange {
   MpiExchange(MPI_Comm comm, Index num_experts) : MpiExchange(comm, Placement::contiguous(comm, num_experts)) {}
   // Expert e on rank placement[e] (see Placement; collective).
   MpiExchange(MPI_Comm comm, std::vector<int> placement) : MpiExchange(comm, Placement(comm, std::move(placement))) {}
+  // A placement made for comm (config_error if it was made for a communicator of another size).
   MpiExchange(MPI_Comm comm, Placement placement)
-      : comm_(comm), placement_(std::move(placement)), rank_(detail::rank_of(comm)) {}
+      : comm_(comm), placement_(std::move(placement)), rank_(detail::rank_of(comm)) {
+    moe::detail::check_config(placement_.ranks() == detail::size_of(comm), "MpiExchange", "a placement over ",
+                              placement_.ranks(), " ranks for a communicator of ", detail::size_of(comm));
+  }
 
   MPI_Comm communicator() const { return comm_; }
   int rank() const { return rank_; }
